@@ -1,0 +1,547 @@
+"""The ``keystile`` command: serve the AS, manage the database, clients and resource servers.
+
+Every command that shows data takes ``--json`` for scripts; secrets are printed once, on
+creation or rotation, and never again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+try:
+    import typer
+except ImportError:  # pragma: no cover - only without the extra
+    sys.exit("the keystile command needs the server extra: pip install 'keystile[server]'")
+
+from keystile import admin
+from keystile.clock import SystemClock
+from keystile.errors import ConfigurationError, KeystileError
+from keystile.settings import ServerSettings
+from keystile.store.base import Conflict, NotFound, Store
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+client_app = typer.Typer(help="OAuth clients.", no_args_is_help=True)
+resource_app = typer.Typer(
+    help="Resource servers (APIs that introspect tokens).", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+app.add_typer(client_app, name="client")
+app.add_typer(resource_app, name="resource")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file.", envvar="KEYSTILE_CONFIG"),
+]
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (default keystile.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+_INTERNAL_SETTINGS = "KEYSTILE_INTERNAL_SETTINGS_JSON"
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"keystile: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(config: Path | None, **flags: Any) -> ServerSettings:
+    try:
+        return ServerSettings.load(config, **flags)
+    except ConfigurationError as exc:
+        fail(str(exc), 2)
+        raise  # unreachable
+
+
+def _run(settings: ServerSettings, action: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store the settings name, run one admin action, close it."""
+    from keystile.server.app import open_store
+
+    async def main() -> T:
+        store = open_store(settings)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except NotFound as exc:
+        fail(str(exc).strip("'\""), 3)
+    except Conflict as exc:
+        fail(str(exc), 4)
+    except ConfigurationError as exc:
+        fail(str(exc), 2)
+    except KeystileError as exc:
+        fail(str(exc), 1)
+    raise AssertionError("unreachable")
+
+
+def _print(data: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif text is not None:
+        typer.echo(text)
+    else:
+        _print_human(data)
+
+
+def _print_human(data: Any) -> None:
+    if isinstance(data, list):
+        for item in data:
+            _print_human(item)
+            typer.echo("")
+        return
+    width = max((len(k) for k in data), default=0)
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value) or "-"
+        elif value in ("", None):
+            value = "-"
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+def _split_all(values: list[str] | None) -> list[str] | None:
+    """Options that take lists accept repeats and space-separated values alike."""
+    if values is None:
+        return None
+    out: list[str] = []
+    for value in values:
+        out.extend(v for v in value.replace(",", " ").split() if v)
+    return out
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    issuer: Annotated[str | None, typer.Option(help="Issuer URL (RFC 8414).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key.")] = None,
+    allow_insecure_http: Annotated[
+        bool | None,
+        typer.Option("--allow-insecure-http", help="Plain HTTP on a non-loopback address."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).")] = None,
+    demo: Annotated[
+        bool | None,
+        typer.Option(
+            "--demo/--no-demo", help="Demo setup on an empty database (default: on loopback)."
+        ),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json|text")] = None,
+) -> None:
+    """Run the authorization server (SQLite file by default, created on first start)."""
+    settings = _settings(
+        config,
+        db=db,
+        host=host,
+        port=port,
+        issuer=issuer,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allow_insecure_http=allow_insecure_http,
+        workers=workers,
+        demo=demo,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    try:
+        settings.check_bind()
+    except ConfigurationError as exc:
+        fail(str(exc), 2)
+    from keystile.server.demo import demo_text, first_start
+    from keystile.server.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    clock = SystemClock()
+    setup = _run(
+        settings,
+        lambda store: first_start(
+            store, clock, demo=settings.demo_enabled, ttl=settings.access_token_ttl
+        ),
+    )
+    if setup is not None:
+        typer.echo(demo_text(setup, settings.effective_issuer))
+    _serve(settings)
+
+
+def _serve(settings: ServerSettings) -> None:
+    import uvicorn
+
+    common: dict[str, Any] = {
+        "http": "httptools",
+        "loop": "uvloop",
+        "lifespan": "on",
+        "access_log": False,  # our own structured log covers requests, without secrets
+        "server_header": False,
+        "log_config": None,
+        "log_level": settings.log_level,
+        "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
+        "ssl_keyfile": str(settings.tls_key) if settings.tls_key else None,
+    }
+    url = settings.effective_issuer
+    if settings.workers > 1:
+        import tempfile
+
+        # Workers are separate processes: they rebuild the same settings from this.
+        os.environ[_INTERNAL_SETTINGS] = settings.model_dump_json()
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="keystile-prom-"))
+        typer.echo(f"keystile listening on {url} ({settings.workers} workers)", err=False)
+        uvicorn.run(
+            "keystile.server.app:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            **common,
+        )
+        return
+    from keystile.server.app import create_app
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        fail(f"cannot bind {settings.host}:{settings.port}: {exc.strerror}", 1)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    config = uvicorn.Config(create_app(settings), **common)
+    server = uvicorn.Server(config)
+    typer.echo(f"keystile listening on {url}", err=False)
+    sys.stdout.flush()
+    server.run(sockets=[sock])
+
+
+# -- db -------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Create the database if needed and apply pending migrations."""
+    settings = _settings(config, db=db)
+    version = _run(settings, lambda store: store.schema_version())
+    _print(
+        {"db": settings.db, "schema_version": version},
+        as_json,
+        f"{settings.db}: schema at version {version}",
+    )
+
+
+# -- clients --------------------------------------------------------------------------------
+
+AuthOpt = Annotated[
+    str | None,
+    typer.Option("--auth-method", help="client_secret_basic (default) or client_secret_post."),
+]
+GrantOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grant-type", help="Grant type, repeatable (default client_credentials; 'none' for none)."
+    ),
+]
+ScopeOpt = Annotated[
+    list[str] | None, typer.Option("--scope", help="Allowed scopes, space-separated or repeated.")
+]
+AudOpt = Annotated[
+    list[str] | None,
+    typer.Option("--audience", help="Default audience URI (RFC 8707 resource), repeatable."),
+]
+TtlOpt = Annotated[int | None, typer.Option("--ttl", help="Access-token lifetime, seconds.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Human-readable name.")]
+
+
+def _grants(values: list[str] | None) -> list[str] | None:
+    grants = _split_all(values)
+    if grants is None:
+        return None
+    return [g for g in grants if g != "none"]
+
+
+@client_app.command("create")
+def client_create(
+    client_id: Annotated[str, typer.Argument(help="The client id.")],
+    name: NameOpt = None,
+    auth_method: AuthOpt = None,
+    grant_type: GrantOpt = None,
+    scope: ScopeOpt = None,
+    audience: AudOpt = None,
+    ttl: TtlOpt = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a client and print its secret, once."""
+    settings = _settings(config, db=db)
+    grants = _grants(grant_type)
+    client, secret = _run(
+        settings,
+        lambda store: admin.create_client(
+            store,
+            SystemClock(),
+            client_id=client_id,
+            name=name,
+            auth_method=auth_method or "client_secret_basic",
+            grant_types=["client_credentials"] if grants is None else grants,
+            scopes=_split_all(scope) or [],
+            default_audience=_split_all(audience) or [],
+            access_token_ttl=ttl or settings.access_token_ttl,
+        ),
+    )
+    view = {**admin.client_view(client), "client_secret": secret}
+    _print(view, as_json)
+    if not as_json:
+        typer.echo("\nThe secret is shown only now; keystile keeps only its SHA-256 digest.")
+
+
+@client_app.command("list")
+def client_list(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List clients."""
+    settings = _settings(config, db=db)
+    clients = _run(settings, lambda store: store.list_clients())
+    views = [admin.client_view(c) for c in clients]
+    if as_json:
+        _print(views, True)
+        return
+    for v in views:
+        state = "enabled " if v["enabled"] else "disabled"
+        typer.echo(f"{v['client_id']:<24} {state} {v['scope'] or '-':<24} {v['name']}")
+
+
+@client_app.command("show")
+def client_show(
+    client_id: str, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show one client (never its secret)."""
+    settings = _settings(config, db=db)
+    client = _run(settings, lambda store: admin.get_client(store, client_id))
+    _print(admin.client_view(client), as_json)
+
+
+@client_app.command("update")
+def client_update(
+    client_id: str,
+    name: NameOpt = None,
+    auth_method: AuthOpt = None,
+    grant_type: GrantOpt = None,
+    scope: ScopeOpt = None,
+    audience: AudOpt = None,
+    ttl: TtlOpt = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a client's settings (only the options given)."""
+    settings = _settings(config, db=db)
+    client = _run(
+        settings,
+        lambda store: admin.update_client(
+            store,
+            SystemClock(),
+            client_id,
+            name=name,
+            auth_method=auth_method,
+            grant_types=_grants(grant_type),
+            scopes=_split_all(scope),
+            default_audience=_split_all(audience),
+            access_token_ttl=ttl,
+        ),
+    )
+    _print(admin.client_view(client), as_json)
+
+
+@client_app.command("disable")
+def client_disable(
+    client_id: str, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Disable a client and revoke every live token it holds."""
+    settings = _settings(config, db=db)
+    n = _run(
+        settings, lambda store: store.set_client_enabled(client_id, False, SystemClock().now())
+    )
+    _print(
+        {"client_id": client_id, "enabled": False, "tokens_revoked": n},
+        as_json,
+        f"client {client_id} disabled; {n} live token(s) revoked",
+    )
+
+
+@client_app.command("enable")
+def client_enable(
+    client_id: str, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Enable a client again (its revoked tokens stay revoked)."""
+    settings = _settings(config, db=db)
+    _run(settings, lambda store: store.set_client_enabled(client_id, True, SystemClock().now()))
+    _print({"client_id": client_id, "enabled": True}, as_json, f"client {client_id} enabled")
+
+
+@client_app.command("delete")
+def client_delete(
+    client_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a client; its live tokens are revoked first."""
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"Delete client {client_id} and revoke its tokens?", abort=True)
+    settings = _settings(config, db=db)
+    n = _run(settings, lambda store: store.delete_client(client_id, SystemClock().now()))
+    _print(
+        {"client_id": client_id, "deleted": True, "tokens_revoked": n},
+        as_json,
+        f"client {client_id} deleted; {n} live token(s) revoked",
+    )
+
+
+@client_app.command("rotate-secret")
+def client_rotate(
+    client_id: str, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Give a client a new secret; the old one stops working at once."""
+    settings = _settings(config, db=db)
+    client, secret = _run(
+        settings, lambda store: admin.rotate_secret(store, SystemClock(), client_id)
+    )
+    _print(
+        {"client_id": client.client_id, "client_secret": secret},
+        as_json,
+        f"client_id      {client.client_id}\nclient_secret  {secret}\n\n"
+        "The secret is shown only now; the old secret no longer works.",
+    )
+
+
+# -- resource servers -----------------------------------------------------------------------
+
+IntroClientOpt = Annotated[
+    list[str] | None,
+    typer.Option("--client", help="Client id the resource server introspects with, repeatable."),
+]
+ClaimsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--claims", help="Claims it may see (default: all of RFC 7662), space-separated."),
+]
+RuleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow", help="Extra introspection rule: 'owner' (tokens of its own clients) or 'any'."
+    ),
+]
+
+
+@resource_app.command("create")
+def resource_create(
+    identifier: Annotated[str, typer.Argument(help="Identifier URI (the RFC 8707 resource).")],
+    name: NameOpt = None,
+    client: IntroClientOpt = None,
+    claims: ClaimsOpt = None,
+    allow: RuleOpt = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a resource server."""
+    settings = _settings(config, db=db)
+    rs = _run(
+        settings,
+        lambda store: admin.create_resource_server(
+            store,
+            SystemClock(),
+            identifier=identifier,
+            name=name,
+            introspection_clients=_split_all(client) or [],
+            claims=_split_all(claims),
+            rules=["audience", *(_split_all(allow) or [])],
+        ),
+    )
+    _print(admin.resource_server_view(rs), as_json)
+
+
+@resource_app.command("list")
+def resource_list(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List resource servers."""
+    settings = _settings(config, db=db)
+    servers = _run(settings, lambda store: store.list_resource_servers())
+    views = [admin.resource_server_view(rs) for rs in servers]
+    if as_json:
+        _print(views, True)
+        return
+    for v in views:
+        typer.echo(f"{v['identifier']:<40} clients: {' '.join(v['introspection_clients']) or '-'}")
+
+
+@resource_app.command("show")
+def resource_show(
+    identifier: str, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show one resource server."""
+    settings = _settings(config, db=db)
+    rs = _run(settings, lambda store: admin.get_resource_server(store, identifier))
+    _print(admin.resource_server_view(rs), as_json)
+
+
+@resource_app.command("update")
+def resource_update(
+    identifier: str,
+    name: NameOpt = None,
+    client: IntroClientOpt = None,
+    claims: ClaimsOpt = None,
+    allow: RuleOpt = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a resource server (only the options given; lists are replaced whole)."""
+    settings = _settings(config, db=db)
+    rs = _run(
+        settings,
+        lambda store: admin.update_resource_server(
+            store,
+            SystemClock(),
+            identifier,
+            name=name,
+            introspection_clients=_split_all(client),
+            claims=_split_all(claims),
+            rules=None if allow is None else ["audience", *(_split_all(allow) or [])],
+        ),
+    )
+    _print(admin.resource_server_view(rs), as_json)
+
+
+@resource_app.command("delete")
+def resource_delete(
+    identifier: str, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Delete a resource server; its clients can no longer introspect."""
+    settings = _settings(config, db=db)
+    _run(settings, lambda store: store.delete_resource_server(identifier))
+    _print(
+        {"identifier": identifier, "deleted": True},
+        as_json,
+        f"resource server {identifier} deleted",
+    )
+
+
+def main() -> None:
+    app()

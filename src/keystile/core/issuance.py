@@ -1,0 +1,65 @@
+"""Access token requests (RFC 6749 §4.4 client credentials; RFC 8707 resource indicators)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from keystile.core.models import Client
+from keystile.core.scope import parse_scope
+from keystile.errors import InvalidScope, InvalidTarget, UnauthorizedClient
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What an access token will carry, decided before anything is stored."""
+
+    client_id: str
+    scope: frozenset[str]
+    aud: tuple[str, ...]
+    ttl: int
+
+
+def check_resource_uri(value: str) -> str:
+    """RFC 8707 §2: an absolute URI without a fragment."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise InvalidTarget(f"resource is not a valid URI: {value[:100]!r}") from None
+    if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
+        raise InvalidTarget("resource must be an absolute URI without a fragment (RFC 8707)")
+    return value
+
+
+def client_credentials_grant(
+    client: Client,
+    *,
+    requested_scope: str | None,
+    resources: list[str],
+    known_resources: frozenset[str],
+) -> TokenGrant:
+    """Decide scope and audience of a client_credentials token (RFC 6749 §4.4.2, §3.3)."""
+    if "client_credentials" not in client.grant_types:
+        raise UnauthorizedClient("client is not allowed to use the client_credentials grant")
+    if requested_scope is None:
+        scope = client.scopes  # §3.3: the server may apply a pre-defined default
+    else:
+        scope = parse_scope(requested_scope)
+        extra = scope - client.scopes
+        if extra:
+            raise InvalidScope(
+                "requested scope exceeds what the client may have: " + " ".join(sorted(extra))
+            )
+    if resources:
+        aud: list[str] = []
+        for resource in resources:
+            check_resource_uri(resource)
+            if resource not in known_resources:
+                # RFC 8707 §2: an unknown or unacceptable resource is invalid_target.
+                raise InvalidTarget("resource is not a registered resource server")
+            if resource not in aud:
+                aud.append(resource)
+        audience = tuple(aud)
+    else:
+        audience = client.default_audience
+    return TokenGrant(client.client_id, scope, audience, client.access_token_ttl)

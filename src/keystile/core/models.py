@@ -1,0 +1,94 @@
+"""Records the protocol logic works on: clients, resource servers and tokens.
+
+Records are frozen dataclasses with rich values inside (frozensets, tuples); conversion
+to and from the wire or the database happens at the edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AuthMethod = Literal["client_secret_basic", "client_secret_post"]
+AUTH_METHODS: tuple[AuthMethod, ...] = ("client_secret_basic", "client_secret_post")
+GrantType = Literal["client_credentials"]
+GRANT_TYPES: tuple[GrantType, ...] = ("client_credentials",)
+
+# Who may see a token at introspection, per resource server (RFC 7662 §2.2, §4):
+#   audience - the resource server's identifier is in the token's `aud` (always on)
+#   owner    - the token was issued to one of the resource server's own introspecting clients
+#   any      - every token (for trusted infrastructure only)
+IntrospectionRule = Literal["audience", "owner", "any"]
+INTROSPECTION_RULES: tuple[IntrospectionRule, ...] = ("audience", "owner", "any")
+
+# The claims RFC 7662 §2.2 defines besides `active`; the default allow-list.
+RFC7662_CLAIMS: tuple[str, ...] = (
+    "scope",
+    "client_id",
+    "username",
+    "token_type",
+    "exp",
+    "iat",
+    "nbf",
+    "sub",
+    "aud",
+    "iss",
+    "jti",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    client_id: str
+    name: str
+    secret_hash: bytes
+    auth_method: AuthMethod
+    grant_types: frozenset[str]
+    scopes: frozenset[str]
+    default_audience: tuple[str, ...]
+    access_token_ttl: int
+    enabled: bool
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceServer:
+    identifier: str
+    name: str
+    introspection_clients: frozenset[str]
+    claims: frozenset[str] = frozenset(RFC7662_CLAIMS)
+    rules: frozenset[str] = frozenset({"audience"})
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token as stored: by hash, never by value."""
+
+    token_hash: bytes
+    kind: str
+    client_id: str
+    scope: frozenset[str]
+    aud: tuple[str, ...]
+    iat: int
+    nbf: int
+    exp: int
+    jti: str
+    sub: str | None = None
+    username: str | None = None
+    grant_id: str | None = None
+    revoked_at: int | None = None
+
+    def is_active(self, now: int) -> bool:
+        # Expired the moment `exp` is reached (RFC 7519 §4.1.4: "on or after").
+        return self.revoked_at is None and self.nbf <= now < self.exp
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """What the token endpoint hands back: the raw value exists only here, in memory."""
+
+    value: str = field(repr=False)
+    record: TokenRecord

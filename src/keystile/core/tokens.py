@@ -1,0 +1,98 @@
+"""Opaque tokens: recognizable, high-entropy, checksummed, and stored only as SHA-256.
+
+Format: ``ks_<kind>_<43 chars base64url of 32 random bytes><6 chars checksum>``, where
+kind is ``at`` (access token) or ``rt`` (refresh token) and the checksum is CRC-32 of the
+prefix and random part, in base62. The prefix lets secret scanners match our tokens; the
+checksum lets the server reject garbage and typos before any I/O. Neither adds secrecy: the
+256 random bits do that. Client secrets use the same scheme with kind ``cs``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import zlib
+from typing import Literal
+
+TokenKind = Literal["access_token", "refresh_token"]
+
+_KIND_PREFIX: dict[str, str] = {
+    "access_token": "ks_at_",
+    "refresh_token": "ks_rt_",
+    "client_secret": "ks_cs_",
+}
+_PREFIX_KIND: dict[str, str] = {v: k for k, v in _KIND_PREFIX.items()}
+_RANDOM_BYTES = 32  # 256 bits (RFC 6749 §10.10 asks for at least 128)
+_RANDOM_CHARS = 43  # base64url of 32 bytes, unpadded
+_CHECK_CHARS = 6
+_PREFIX_LEN = 6
+TOKEN_LENGTH = _PREFIX_LEN + _RANDOM_CHARS + _CHECK_CHARS
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _checksum(body: str) -> str:
+    n = zlib.crc32(body.encode("ascii"))
+    out = []
+    for _ in range(_CHECK_CHARS):
+        n, r = divmod(n, 62)
+        out.append(_B62[r])
+    return "".join(reversed(out))
+
+
+def _generate(kind: str) -> str:
+    prefix = _KIND_PREFIX[kind]
+    rand = base64.urlsafe_b64encode(secrets.token_bytes(_RANDOM_BYTES)).rstrip(b"=").decode()
+    body = prefix + rand
+    return body + _checksum(body)
+
+
+def new_access_token() -> str:
+    return _generate("access_token")
+
+
+def new_refresh_token() -> str:
+    return _generate("refresh_token")
+
+
+def new_client_secret() -> str:
+    """A server-generated client secret with 256 bits of entropy."""
+    return _generate("client_secret")
+
+
+def token_kind(value: str) -> str | None:
+    """The kind of a well-formed keystile token, or None for anything else (no I/O needed).
+
+    Rejects wrong length, unknown prefix and a bad checksum; a token that fails here
+    cannot exist in the store, so the caller can answer "inactive" at once.
+    """
+    if len(value) != TOKEN_LENGTH:
+        return None
+    kind = _PREFIX_KIND.get(value[:_PREFIX_LEN])
+    if kind is None:
+        return None
+    body = value[:-_CHECK_CHARS]
+    # Not secret: the checksum is public structure, so a plain comparison is fine.
+    if _checksum(body) != value[-_CHECK_CHARS:]:
+        return None
+    return kind
+
+
+def token_hash(value: str) -> bytes:
+    """SHA-256 of a token or secret: the only form in which the store keeps them.
+
+    A plain digest is enough because the values carry 256 bits from ``secrets``; there is
+    nothing for a slow hash to protect against, and this runs on every request.
+    """
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def verify_secret(presented: str, stored_hash: bytes) -> bool:
+    """Compare a presented secret with a stored digest in constant time."""
+    return hmac.compare_digest(token_hash(presented), stored_hash)
+
+
+def new_jti() -> str:
+    """A unique, non-secret identifier for a token (logged and used in events)."""
+    return secrets.token_urlsafe(16)

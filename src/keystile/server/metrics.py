@@ -1,0 +1,72 @@
+"""Prometheus metrics of the authorization server, served at ``/metrics``.
+
+With several worker processes, set by ``keystile serve --workers N``, prometheus_client's
+multiprocess mode aggregates the workers' figures (``PROMETHEUS_MULTIPROC_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+ENDPOINTS = ("token", "introspect", "revoke")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ServerMetrics:
+    """The metrics one app instance records. Each instance has its own registry."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "keystile_requests",
+            "OAuth endpoint requests by endpoint and outcome (ok or the OAuth error code).",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "keystile_request_duration_seconds",
+            "Time to answer an OAuth endpoint request.",
+            ["endpoint"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.introspections = Counter(
+            "keystile_introspections",
+            "Introspection answers by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.tokens_issued = Counter(
+            "keystile_tokens_issued",
+            "Access tokens issued.",
+            ["grant_type"],
+            registry=self.registry,
+        )
+        self.revocations = Counter(
+            "keystile_revocations",
+            "Tokens revoked through the revocation endpoint.",
+            registry=self.registry,
+        )
+        # Children resolved once: labels() takes a lock and a dict lookup per call.
+        self.ok = {e: self.requests.labels(e, "ok") for e in ENDPOINTS}
+        self.timer = {e: self.latency.labels(e) for e in ENDPOINTS}
+        self.active = self.introspections.labels("active")
+        self.inactive = self.introspections.labels("inactive")
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,149 @@
+"""Settings, read in one place: flags > ``KEYSTILE_*`` environment > TOML file > defaults.
+
+``ServerSettings.load(config_file, **flags)`` is the front door; code below it receives
+typed values and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from keystile.errors import ConfigurationError
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServerSettings(BaseSettings):
+    """Settings of the authorization server (``keystile serve``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEYSTILE_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    db: str = Field("keystile.db", description="SQLite file path (the embedded default).")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    issuer: str | None = Field(
+        None, description="Issuer URL (RFC 8414 §2). Default: derived from scheme, host, port."
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS.")
+    tls_key: Path | None = Field(None, description="PEM private key for HTTPS.")
+    allow_insecure_http: bool = Field(
+        False, description="Allow plain HTTP on a non-loopback address (behind a TLS proxy)."
+    )
+    workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    access_token_ttl: int = Field(
+        3600, ge=1, le=86400 * 30, description="Default access-token lifetime for new clients."
+    )
+    max_body_bytes: int = Field(16384, ge=1024, le=1 << 20, description="Largest request body.")
+    throttle_failures: int = Field(
+        10, ge=1, description="Failed client authentications allowed per window, per key."
+    )
+    throttle_window: int = Field(60, ge=1, description="Throttle window in seconds.")
+    purge_interval: int = Field(300, ge=0, description="Seconds between purges (0: never).")
+    token_grace: int = Field(
+        86400, ge=0, description="Keep expired token rows this long before purging."
+    )
+    event_retention: int = Field(7 * 86400, ge=60, description="Keep revocation events this long.")
+    demo: bool | None = Field(
+        None,
+        description="Create the demo setup on an empty database. Default: only on loopback.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = Field(True, description="Log one line per request (no secrets).")
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # RFC 8414 §2: an https URL with no query or fragment (http only for loopback dev).
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError("issuer must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("issuer must have no query or fragment (RFC 8414 section 2)")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def effective_issuer(self) -> str:
+        if self.issuer:
+            return self.issuer
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def demo_enabled(self) -> bool:
+        return is_loopback(self.host) if self.demo is None else self.demo
+
+    def check_bind(self) -> None:
+        """Refuse plain HTTP on a non-loopback address unless explicitly allowed."""
+        if not self.tls and not is_loopback(self.host) and not self.allow_insecure_http:
+            raise ConfigurationError(
+                f"refusing to serve plain HTTP on {self.host}: bearer tokens and client "
+                "secrets would cross the network in clear. Give --tls-cert/--tls-key, or "
+                "--allow-insecure-http when a TLS-terminating proxy is in front."
+            )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **flags: Any) -> ServerSettings:
+        """Build settings from a TOML file, the environment and flags (None = not given)."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        if config_file is not None and not config_file.is_file():
+            raise ConfigurationError(f"config file not found: {config_file}")
+        _TOML_FILE["path"] = config_file
+        try:
+            return cls(**given)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid settings: {exc}") from exc
+        finally:
+            _TOML_FILE.pop("path", None)
+
+
+_TOML_FILE: dict[str, Path | None] = {}

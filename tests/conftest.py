@@ -1,0 +1,134 @@
+"""Shared fixtures: a real SQLite file, the real app, an in-process HTTP client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from keystile import admin
+from keystile.clock import FixedClock
+from keystile.server.app import KeystileApp, create_app
+from keystile.settings import ServerSettings
+from keystile.store.sqlite import SQLiteStore
+
+ISSUER = "https://as.example.test"
+API = "https://api.example.test"
+OTHER_API = "https://other.example.test"
+
+TOKEN = "/oauth2/token"
+INTROSPECT = "/oauth2/introspect"
+REVOKE = "/oauth2/revoke"
+
+
+@dataclass
+class Creds:
+    client_id: str
+    secret: str = field(repr=False)
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.client_id, self.secret)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(1_800_000_000)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "keystile.db"
+
+
+@pytest.fixture
+def settings(db_path: Path) -> ServerSettings:
+    return ServerSettings(db=str(db_path), issuer=ISSUER, purge_interval=0, access_log=False)
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(db_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def app(settings: ServerSettings, store: SQLiteStore, clock: FixedClock) -> KeystileApp:
+    return create_app(settings, store=store, clock=clock)
+
+
+@pytest.fixture
+async def http(app: KeystileApp) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as c:
+        yield c
+
+
+RegisterClient = Callable[..., Awaitable[Creds]]
+
+
+@pytest.fixture
+def register_client(store: SQLiteStore, clock: FixedClock) -> RegisterClient:
+    async def register(client_id: str, **kwargs: Any) -> Creds:
+        kwargs.setdefault("scopes", ["read", "write"])
+        _, secret = await admin.create_client(store, clock, client_id=client_id, **kwargs)
+        return Creds(client_id, secret)
+
+    return register
+
+
+@pytest.fixture
+def register_resource(store: SQLiteStore, clock: FixedClock) -> Callable[..., Awaitable[None]]:
+    async def register(identifier: str, clients: list[str], **kwargs: Any) -> None:
+        await admin.create_resource_server(
+            store, clock, identifier=identifier, introspection_clients=clients, **kwargs
+        )
+
+    return register
+
+
+@dataclass
+class Setup:
+    app: Creds  # client_credentials client, scopes read write, audience API
+    rs: Creds  # introspects for API
+    other_rs: Creds  # introspects for OTHER_API
+
+
+@pytest.fixture
+async def setup(
+    register_client: RegisterClient, register_resource: Callable[..., Awaitable[None]]
+) -> Setup:
+    app = await register_client("app-1", default_audience=[API])
+    rs = await register_client("rs-1", grant_types=[], scopes=[])
+    other = await register_client("rs-2", grant_types=[], scopes=[])
+    await register_resource(API, ["rs-1"])
+    await register_resource(OTHER_API, ["rs-2"])
+    return Setup(app, rs, other)
+
+
+IssueToken = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def issue_token(http: httpx.AsyncClient) -> IssueToken:
+    async def issue(creds: Creds, **form: Any) -> str:
+        data = {"grant_type": "client_credentials", **form}
+        r = await http.post(TOKEN, data=data, auth=creds.auth)
+        assert r.status_code == 200, r.text
+        return str(r.json()["access_token"])
+
+    return issue
+
+
+@pytest.fixture
+def introspect(http: httpx.AsyncClient) -> Callable[..., Awaitable[httpx.Response]]:
+    async def call(creds: Creds, token: str, **form: Any) -> httpx.Response:
+        return await http.post(INTROSPECT, data={"token": token, **form}, auth=creds.auth)
+
+    return call
