@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import API, INTROSPECT, REVOKE, ISSUER
+from tests.conftest import API, INTROSPECT, ISSUER, REVOKE
 
 
 async def test_token_introspect_revoke(http, setup, issue_token):
