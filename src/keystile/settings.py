@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,7 +68,10 @@ class ServerSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
-    access_log: bool = Field(True, description="Log one line per request (no secrets).")
+    access_log: bool = Field(
+        False,
+        description="Also log successful requests (refusals, issuance and revocation always are).",
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -140,10 +143,30 @@ class ServerSettings(BaseSettings):
         _TOML_FILE["path"] = config_file
         try:
             return cls(**given)
-        except ValueError as exc:
-            raise ConfigurationError(f"invalid settings: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc, config_file)) from exc
+        except ValueError as exc:  # the TOML file does not parse
+            raise ConfigurationError(f"invalid settings file {config_file}: {exc}") from exc
         finally:
             _TOML_FILE.pop("path", None)
 
 
 _TOML_FILE: dict[str, Path | None] = {}
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    """One clause per problem, naming the setting, without pydantic's boilerplate and URLs."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            # Only the TOML file can carry extra keys: flags are fixed, stray env vars ignored.
+            where = f" in {config_file}" if config_file is not None else ""
+            known = ", ".join(sorted(ServerSettings.model_fields))
+            problems.append(f"unknown setting {name!r}{where} (known settings: {known})")
+        elif name:
+            problems.append(f"{name}: {message}")
+        else:
+            problems.append(message)
+    return "invalid settings: " + "; ".join(problems)

@@ -1,10 +1,11 @@
 """Opaque tokens: recognizable, high-entropy, checksummed, and stored only as SHA-256.
 
 Format: ``ks_<kind>_<43 chars base64url of 32 random bytes><6 chars checksum>``, where
-kind is ``at`` (access token) or ``rt`` (refresh token) and the checksum is CRC-32 of the
-prefix and random part, in base62. The prefix lets secret scanners match our tokens; the
-checksum lets the server reject garbage and typos before any I/O. Neither adds secrecy: the
-256 random bits do that. Client secrets use the same scheme with kind ``cs``.
+kind is ``at`` (access token) or ``rt`` (refresh token) and the checksum is the CRC-32 of
+prefix and random part in base64url (6 chars carry its 32 bits). The prefix lets secret
+scanners match our tokens; the checksum lets the server reject garbage and typos before
+any I/O. Neither adds secrecy: the 256 random bits do that. Client secrets use the same
+scheme with kind ``cs``.
 """
 
 from __future__ import annotations
@@ -29,16 +30,12 @@ _RANDOM_CHARS = 43  # base64url of 32 bytes, unpadded
 _CHECK_CHARS = 6
 _PREFIX_LEN = 6
 TOKEN_LENGTH = _PREFIX_LEN + _RANDOM_CHARS + _CHECK_CHARS
-_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def _checksum(body: str) -> str:
-    n = zlib.crc32(body.encode("ascii"))
-    out = []
-    for _ in range(_CHECK_CHARS):
-        n, r = divmod(n, 62)
-        out.append(_B62[r])
-    return "".join(reversed(out))
+    crc = zlib.crc32(body.encode("ascii"))
+    # 4 bytes -> 8 base64 chars with 2 of padding; the first 6 carry all 32 bits.
+    return base64.urlsafe_b64encode(crc.to_bytes(4, "big"))[:_CHECK_CHARS].decode("ascii")
 
 
 def _generate(kind: str) -> str:
@@ -72,9 +69,8 @@ def token_kind(value: str) -> str | None:
     kind = _PREFIX_KIND.get(value[:_PREFIX_LEN])
     if kind is None:
         return None
-    body = value[:-_CHECK_CHARS]
     # Not secret: the checksum is public structure, so a plain comparison is fine.
-    if _checksum(body) != value[-_CHECK_CHARS:]:
+    if _checksum(value[:-_CHECK_CHARS]) != value[-_CHECK_CHARS:]:
         return None
     return kind
 

@@ -6,10 +6,13 @@ result. They speak raw ASGI because these are the hot paths (see ``http.py``).
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from keystile.clock import Clock
@@ -17,7 +20,7 @@ from keystile.core.client_auth import check_client, extract_credentials, invalid
 from keystile.core.forms import Form, parse_form
 from keystile.core.introspection import introspection_response
 from keystile.core.issuance import client_credentials_grant
-from keystile.core.models import Client, TokenRecord
+from keystile.core.models import Client, ResourceServer, TokenRecord
 from keystile.core.scope import format_scope
 from keystile.core.tokens import new_access_token, new_jti, token_hash, token_kind
 from keystile.errors import (
@@ -35,8 +38,6 @@ from keystile.server.http import (
     Receive,
     Scope,
     Send,
-    auth_header,
-    header,
     read_body,
     send_json,
 )
@@ -49,7 +50,7 @@ from keystile.store.base import Store
 log = logging.getLogger("keystile.server")
 
 Result = tuple[int, Any]
-Handler = Callable[[Scope, Form], Awaitable[Result]]
+Handler = Callable[["Call"], Awaitable[Result]]
 
 _REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 _RETRY_AFTER = b"1"
@@ -57,11 +58,89 @@ _REPEATABLE = frozenset({"resource"})  # RFC 8707 §2: resource may be given sev
 _NO_BODY = object()
 
 
-def _request_id(scope: Scope) -> str:
-    given = header(scope, b"x-request-id")
+_RID_PREFIX = secrets.token_hex(4)  # per process, so ids stay unique across workers
+_rid_counter = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Call:
+    """One OAuth endpoint request, its headers read in a single pass."""
+
+    scope: Scope
+    form: Form
+    authorization: str | None
+    source: str
+
+
+def _read_headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | None]:
+    """content-type, content-length, authorization, x-request-id (one pass, as ASCII).
+
+    A second Authorization header is a malformed request (RFC 7235 allows one).
+    """
+    ctype = length = authorization = rid = None
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            if authorization is not None:
+                raise InvalidRequest("more than one Authorization header")
+            try:
+                authorization = value.decode("ascii")
+            except UnicodeDecodeError:
+                raise InvalidRequest("malformed Authorization header") from None
+        elif key == b"content-type":
+            ctype = value.decode("latin-1")
+        elif key == b"content-length":
+            length = value.decode("latin-1")
+        elif key == b"x-request-id":
+            rid = value.decode("latin-1")
+    return ctype, length, authorization, rid
+
+
+def _request_id(given: str | None) -> str:
     if given and len(given) <= 128 and all(ch in _REQUEST_ID_CHARS for ch in given):
         return given
-    return secrets.token_hex(8)
+    return f"{_RID_PREFIX}{next(_rid_counter):08x}"
+
+
+class CallerCache:
+    """Introspection callers whose credentials were verified, keyed by a digest of those
+    credentials and valid only for the registry version they were verified at: any change
+    to any client or resource server, in any process, empties it (ARCHITECTURE.md §2)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._version = -1
+        self._entries: dict[bytes, tuple[Client, ResourceServer | None]] = {}
+
+    def get(self, key: bytes, version: int) -> tuple[Client, ResourceServer | None] | None:
+        if version != self._version:
+            self._entries.clear()
+            self._version = version
+            return None
+        return self._entries.get(key)
+
+    def put(self, key: bytes, version: int, client: Client, rs: ResourceServer | None) -> None:
+        if version != self._version:
+            return
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        self._entries[key] = (client, rs)
+
+
+def credential_key(authorization: str | None, form: Form) -> bytes | None:
+    """A digest naming the exact credentials of a request, or None for unusual shapes
+    (those take the full authentication path, which also reports their errors)."""
+    if "client_secret" in form:
+        if authorization is not None:
+            return None
+        client_id = form.get("client_id")
+        if client_id is None:
+            return None
+        raw = "p\0" + client_id + "\0" + form["client_secret"]
+    elif authorization is not None and "client_id" not in form:
+        raw = "b\0" + authorization
+    else:
+        return None
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).digest()
 
 
 class OAuthEndpoints:
@@ -84,6 +163,7 @@ class OAuthEndpoints:
             clock, limit=settings.throttle_failures, window=settings.throttle_window
         )
         self.log_success = settings.access_log
+        self.callers = CallerCache()
 
     # -- the shared request cycle ---------------------------------------------------------
 
@@ -96,7 +176,13 @@ class OAuthEndpoints:
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             started = time.perf_counter()
-            rid = _request_id(scope)
+            try:
+                ctype, length, authorization, given_rid = _read_headers(scope)
+                header_error = None
+            except InvalidRequest as exc:
+                ctype = length = authorization = given_rid = None
+                header_error = exc
+            rid = _request_id(given_rid)
             token = request_id.set(rid)
             rid_header = (b"x-request-id", rid.encode())
             outcome = "ok"
@@ -105,9 +191,12 @@ class OAuthEndpoints:
                 try:
                     if scope["method"] != "POST":
                         raise MethodNotAllowed(f"use POST for the {endpoint} endpoint")
-                    body = await read_body(scope, receive, self.max_body)
-                    form = parse_form(body, header(scope, b"content-type"), repeatable=_REPEATABLE)
-                    status, payload = await handler(scope, form)
+                    if header_error is not None:
+                        raise header_error
+                    body = await read_body(receive, length, self.max_body)
+                    form = parse_form(body, ctype, repeatable=_REPEATABLE)
+                    call = Call(scope, form, authorization, _source(scope))
+                    status, payload = await handler(call)
                 except OAuthError as exc:
                     status, outcome = exc.status_code, exc.error
                     extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
@@ -186,13 +275,12 @@ class OAuthEndpoints:
 
         return app
 
-    async def authenticate(self, scope: Scope, form: Form) -> Client:
+    async def authenticate(self, call: Call) -> Client:
         """RFC 6749 §2.3: authenticate the calling client, throttling repeated failures."""
-        creds = extract_credentials(auth_header(scope), form)
+        creds = extract_credentials(call.authorization, call.form)
         if creds is None:
             raise invalid_client("client authentication required")
-        source = _source(scope)
-        keys = ("c:" + creds.client_id, "a:" + source)
+        keys = ("c:" + creds.client_id, "a:" + call.source)
         wait = self.throttle.retry_after(*keys)
         if wait:
             raise TooManyRequests(wait)
@@ -203,15 +291,16 @@ class OAuthEndpoints:
             self.throttle.failed(*keys)
             log.warning(
                 "client authentication failed",
-                extra={"client_id": creds.client_id[:64], "source": source},
+                extra={"client_id": creds.client_id[:64], "source": call.source},
             )
             raise
 
     # -- endpoints ------------------------------------------------------------------------------
 
-    async def token(self, scope: Scope, form: Form) -> Result:
+    async def token(self, call: Call) -> Result:
         """Token endpoint (RFC 6749 §3.2, §4.4, §5)."""
-        client = await self.authenticate(scope, form)
+        client = await self.authenticate(call)
+        form = call.form
         grant_type = form.get("grant_type")
         if grant_type is None:
             raise InvalidRequest("missing parameter: grant_type")
@@ -257,29 +346,45 @@ class OAuthEndpoints:
             body["scope"] = format_scope(grant.scope)
         return 200, body
 
-    async def introspect(self, scope: Scope, form: Form) -> Result:
-        """Introspection endpoint (RFC 7662 §2)."""
-        caller = await self.authenticate(scope, form)
-        rs = await self.store.resource_server_for_client(caller.client_id)
+    async def introspect(self, call: Call) -> Result:
+        """Introspection endpoint (RFC 7662 §2).
+
+        The hot path: one store read (the token and the registry version together), and
+        callers whose exact credentials were verified at that registry version are not
+        checked again.
+        """
+        form = call.form
+        token = form.get("token")
+        # token_type_hint is only a hint (§2.1): the token's own prefix tells its kind, so
+        # every kind is searched whatever the hint says, and unknown hints are ignored.
+        # Malformed tokens (bad prefix, length or checksum) need no lookup at all.
+        digest = None
+        if token is not None and token_kind(token) in ("access_token", "refresh_token"):
+            digest = token_hash(token)
+        version, record = await self.store.lookup_token(digest)
+        key = credential_key(call.authorization, form)
+        cached = self.callers.get(key, version) if key is not None else None
+        if cached is None:
+            caller = await self.authenticate(call)
+            rs = await self.store.resource_server_for_client(caller.client_id)
+            if key is not None:
+                self.callers.put(key, version, caller, rs)
+        else:
+            caller, rs = cached
         if rs is None:
             raise IntrospectionForbidden(
                 "this client is not an introspecting client of any resource server"
             )
-        token = form.get("token")
         if token is None:
             raise InvalidRequest("missing parameter: token")
-        # token_type_hint is only a hint (§2.1): the token's own prefix tells its kind, so
-        # every kind is searched whatever the hint says, and unknown hints are ignored.
-        record = None
-        if token_kind(token) in ("access_token", "refresh_token"):
-            record = await self.store.find_token(token_hash(token))
         body = introspection_response(record, caller=rs, now=self.clock.now(), issuer=self.issuer)
         (self.metrics.active if body["active"] else self.metrics.inactive).inc()
         return 200, body
 
-    async def revoke(self, scope: Scope, form: Form) -> Result:
+    async def revoke(self, call: Call) -> Result:
         """Revocation endpoint (RFC 7009 §2)."""
-        client = await self.authenticate(scope, form)
+        client = await self.authenticate(call)
+        form = call.form
         token = form.get("token")
         if token is None:
             raise InvalidRequest("missing parameter: token")

@@ -43,23 +43,8 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def auth_header(scope: Scope) -> str | None:
-    """The Authorization header; two of them are a malformed request."""
-    found: str | None = None
-    for key, value in scope["headers"]:
-        if key == b"authorization":
-            if found is not None:
-                raise InvalidRequest("more than one Authorization header")
-            try:
-                found = value.decode("ascii")
-            except UnicodeDecodeError:
-                raise InvalidRequest("malformed Authorization header") from None
-    return found
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, length: str | None, limit: int) -> bytes:
     """The whole request body, refusing anything larger than ``limit`` bytes."""
-    length = header(scope, b"content-length")
     if length is not None:
         if not length.isdigit():
             raise InvalidRequest("malformed Content-Length")

@@ -45,6 +45,12 @@ _TOKEN_COLUMNS = (
     "token_hash, kind, client_id, scope, aud, iat, nbf, exp, jti, sub, username, grant_id,"
     " revoked_at"
 )
+# The token's own hash is not read back: the caller has it.
+_LOOKUP_SQL = (
+    "SELECT rv.version, "
+    + ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(",")[1:])
+    + " FROM registry_version rv LEFT JOIN tokens t ON t.token_hash = ? WHERE rv.id = 1"
+)
 _CLIENT_COLUMNS = (
     "client_id, name, secret_hash, auth_method, grant_types, scopes, default_audience, "
     "access_token_ttl, enabled, created_at, updated_at"
@@ -259,12 +265,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _unavailable(exc) from exc
         self._data_version = dv
-        if version != self._registry_version:
-            self._registry_version = version
-            self._clients.clear()
-            self._rs_by_client.clear()
-            self._known_resources = None
-            self._scopes = None
+        self._note_registry_version(version)
 
     async def ping(self) -> None:
         self._query("SELECT 1")
@@ -505,6 +506,47 @@ class SQLiteStore:
             )
 
         await self._write(fn)
+
+    async def lookup_token(self, token_hash: bytes | None) -> tuple[int, TokenRecord | None]:
+        """The registry version and the token, read in one statement (one read transaction).
+
+        This is the whole store cost of an introspection whose caller is cached: the version
+        tells the caller cache whether it may still trust what it holds.
+        """
+        try:
+            if token_hash is None:
+                row = self._r.execute("SELECT version FROM registry_version").fetchone()
+                self._note_registry_version(row[0])
+                return row[0], None
+            row = self._r.execute(_LOOKUP_SQL, (token_hash,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
+        self._note_registry_version(row[0])
+        if row[1] is None:
+            return row[0], None
+        return row[0], TokenRecord(
+            token_hash,
+            row[1],
+            row[2],
+            _split(row[3]),
+            tuple(row[4].split()) if row[4] else (),
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            row[9],
+            row[10],
+            row[11],
+            row[12],
+        )
+
+    def _note_registry_version(self, version: int) -> None:
+        if version != self._registry_version:
+            self._registry_version = version
+            self._clients.clear()
+            self._rs_by_client.clear()
+            self._known_resources = None
+            self._scopes = None
 
     async def find_token(self, token_hash: bytes) -> TokenRecord | None:
         try:
