@@ -57,6 +57,14 @@ def _audience(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _check_identifier(value: str) -> str:
+    try:
+        check_resource_uri(value)
+    except OAuthError as exc:
+        raise ConfigurationError(f"resource identifier {value!r}: {exc.description}") from None
+    return value
+
+
 def _check_choice(kind: str, value: str, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
@@ -167,7 +175,7 @@ async def create_resource_server(
     claims: Iterable[str] | None = None,
     rules: Iterable[str] = ("audience",),
 ) -> ResourceServer:
-    _audience([identifier])
+    _check_identifier(identifier)
     now = clock.now()
     rs = ResourceServer(
         identifier=identifier,

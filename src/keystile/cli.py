@@ -1,7 +1,7 @@
-"""The ``keystile`` command: serve the AS, manage the database, clients and resource servers.
+"""keystile: an OAuth 2.0 authorization server built around token introspection.
 
-Every command that shows data takes ``--json`` for scripts; secrets are printed once, on
-creation or rotation, and never again.
+Serve the AS, manage the database, clients and resource servers. Every command that
+shows data takes --json for scripts; secrets are printed once, on creation or rotation.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _run(settings: ServerSettings, action: Callable[[Store], Awaitable[T]]) -> T
     try:
         return asyncio.run(main())
     except NotFound as exc:
-        fail(str(exc).strip("'\""), 3)
+        fail(str(exc), 3)
     except Conflict as exc:
         fail(str(exc), 4)
     except ConfigurationError as exc:
@@ -304,7 +304,7 @@ def client_create(
             grant_types=["client_credentials"] if grants is None else grants,
             scopes=_split_all(scope) or [],
             default_audience=_split_all(audience) or [],
-            access_token_ttl=ttl or settings.access_token_ttl,
+            access_token_ttl=settings.access_token_ttl if ttl is None else ttl,
         ),
     )
     view = {**admin.client_view(client), "client_secret": secret}

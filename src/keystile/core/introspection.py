@@ -7,8 +7,6 @@ from typing import Any
 from keystile.core.models import ResourceServer, TokenRecord
 from keystile.core.scope import format_scope
 
-INACTIVE: dict[str, Any] = {"active": False}
-
 # token_type_hint values we know (RFC 7662 §2.1, RFC 7009 §4.1.2). Any other hint is
 # ignored: the hint only speeds up a lookup, it never changes the answer (§2.1).
 KNOWN_HINTS = frozenset({"access_token", "refresh_token"})
@@ -33,7 +31,7 @@ def introspection_response(
     so the caller cannot tell which (§2.2, §4).
     """
     if record is None or not record.is_active(now) or not may_see(caller, record):
-        return INACTIVE
+        return {"active": False}  # a fresh dict: callers may add to what they get
     allowed = caller.claims
     full: dict[str, Any] = {
         "scope": format_scope(record.scope) if record.scope else None,

@@ -64,7 +64,7 @@ def token_kind(value: str) -> str | None:
     Rejects wrong length, unknown prefix and a bad checksum; a token that fails here
     cannot exist in the store, so the caller can answer "inactive" at once.
     """
-    if len(value) != TOKEN_LENGTH:
+    if len(value) != TOKEN_LENGTH or not value.isascii():  # non-ASCII: no checksum to take
         return None
     kind = _PREFIX_KIND.get(value[:_PREFIX_LEN])
     if kind is None:

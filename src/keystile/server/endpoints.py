@@ -289,10 +289,14 @@ class OAuthEndpoints:
             return check_client(client, creds)
         except OAuthError:
             self.throttle.failed(*keys)
-            log.warning(
-                "client authentication failed",
-                extra={"client_id": creds.client_id[:64], "source": call.source},
+            # Log a client id only if it is registered: an unknown "id" may be a secret sent
+            # in the wrong field, so it is logged as a short digest instead.
+            who = (
+                {"client_id": client.client_id}
+                if client is not None
+                else {"unknown_client_sha256": token_hash(creds.client_id).hex()[:16]}
             )
+            log.warning("client authentication failed", extra={**who, "source": call.source})
             raise
 
     # -- endpoints ------------------------------------------------------------------------------
@@ -305,7 +309,7 @@ class OAuthEndpoints:
         if grant_type is None:
             raise InvalidRequest("missing parameter: grant_type")
         if grant_type != "client_credentials":
-            raise UnsupportedGrantType(f"grant_type {grant_type[:64]!r} is not supported")
+            raise UnsupportedGrantType("only grant_type=client_credentials is supported")
         grant = client_credentials_grant(
             client,
             requested_scope=form.get("scope"),
@@ -364,6 +368,12 @@ class OAuthEndpoints:
         version, record = await self.store.lookup_token(digest)
         key = credential_key(call.authorization, form)
         cached = self.callers.get(key, version) if key is not None else None
+        if cached is not None and self.throttle.active:
+            # A throttled client id or address is refused even with verified credentials:
+            # otherwise "200 for the right secret, 429 for others" is a guessing oracle.
+            wait = self.throttle.retry_after("c:" + cached[0].client_id, "a:" + call.source)
+            if wait:
+                raise TooManyRequests(wait)
         if cached is None:
             caller = await self.authenticate(call)
             rs = await self.store.resource_server_for_client(caller.client_id)

@@ -20,6 +20,11 @@ class FailureThrottle:
         self._window = window
         self._counts: dict[str, tuple[int, int]] = {}  # key -> (window start, failures)
 
+    @property
+    def active(self) -> bool:
+        """False while no failure is on record: the common case costs one check."""
+        return bool(self._counts)
+
     def retry_after(self, *keys: str) -> int:
         """Seconds to wait if any key is over its limit now, else 0."""
         if not self._counts:
