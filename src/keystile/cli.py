@@ -192,6 +192,10 @@ def _serve(settings: ServerSettings) -> None:
         "lifespan": "on",
         "access_log": False,  # our own structured log covers requests, without secrets
         "server_header": False,
+        # X-Forwarded-* are believed only from proxies the operator names: otherwise any
+        # caller could pick the source address that failed-authentication throttling counts.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
         "log_config": None,
         "log_level": settings.log_level,
         "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
@@ -199,20 +203,30 @@ def _serve(settings: ServerSettings) -> None:
     }
     url = settings.effective_issuer
     if settings.workers > 1:
+        import shutil
         import tempfile
 
         # Workers are separate processes: they rebuild the same settings from this.
         os.environ[_INTERNAL_SETTINGS] = settings.model_dump_json()
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="keystile-prom-"))
+        own_dir = None
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Metrics of all workers are summed from files in this folder (prometheus_client
+            # multiprocess mode); it lives as long as this server.
+            own_dir = tempfile.mkdtemp(prefix="keystile-prom-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
         typer.echo(f"keystile listening on {url} ({settings.workers} workers)", err=False)
-        uvicorn.run(
-            "keystile.server.app:app_from_environment",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            **common,
-        )
+        try:
+            uvicorn.run(
+                "keystile.server.app:app_from_environment",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                **common,
+            )
+        finally:
+            if own_dir is not None:
+                shutil.rmtree(own_dir, ignore_errors=True)
         return
     from keystile.server.app import create_app
 

@@ -49,6 +49,10 @@ class ServerSettings(BaseSettings):
         False, description="Allow plain HTTP on a non-loopback address (behind a TLS proxy)."
     )
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed.",
+    )
     access_token_ttl: int = Field(
         3600, ge=1, le=86400 * 30, description="Default access-token lifetime for new clients."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -133,6 +134,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if owns_store:
             await the_store.open()
+        # Everything allocated so far lives as long as the process: keep it out of the
+        # cyclic collector's full passes, which otherwise walk it again and again.
+        gc.freeze()
         purge: asyncio.Task[None] | None = None
         if settings.purge_interval > 0:
             purge = asyncio.create_task(_purge_loop(the_store, settings, the_clock))
