@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from base64 import b64encode
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import httpx
 import pytest
@@ -132,3 +134,28 @@ def introspect(http: httpx.AsyncClient) -> Callable[..., Awaitable[httpx.Respons
         return await http.post(INTROSPECT, data={"token": token, **form}, auth=creds.auth)
 
     return call
+
+
+def basic(client_id: str, secret: str) -> str:
+    """An Authorization header value for client_secret_basic, with RFC 6749 §2.3.1 encoding."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + b64encode(raw).decode("ascii")
+
+
+HttpFrom = Callable[[str], httpx.AsyncClient]
+
+
+@pytest.fixture
+async def http_from(app: KeystileApp) -> AsyncIterator[HttpFrom]:
+    """A factory for more in-process clients of the same app, each from its own address."""
+    opened: list[httpx.AsyncClient] = []
+
+    def make(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40001))
+        c = httpx.AsyncClient(transport=transport, base_url=ISSUER)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        await c.aclose()

@@ -26,7 +26,15 @@ def check_resource_uri(value: str) -> str:
         parts = urlsplit(value)
     except ValueError:
         raise InvalidTarget("resource is not a valid URI") from None
-    if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
+    # An absolute URI (RFC 3986 §4.3) has a scheme and a hier-part: https://api.example.com
+    # or urn:example:api alike. No whitespace: audiences are stored space-separated.
+    if (
+        not parts.scheme
+        or not (parts.netloc or parts.path)
+        or (parts.scheme in ("http", "https") and not parts.hostname)
+        or "#" in value
+        or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+    ):
         raise InvalidTarget("resource must be an absolute URI without a fragment (RFC 8707)")
     return value
 

@@ -563,12 +563,13 @@ class SQLiteStore:
 
         def fn(c: sqlite3.Connection) -> bool:
             row = c.execute(
-                "SELECT client_id, jti, revoked_at, kind FROM tokens WHERE token_hash = ?",
+                "SELECT client_id, jti, revoked_at, kind, exp, aud FROM tokens"
+                " WHERE token_hash = ?",
                 (token_hash,),
             ).fetchone()
             if row is None or row[0] != client_id:
                 return False
-            if row[2] is None:
+            if row[2] is None and row[4] > now:  # an expired token needs no revocation
                 c.execute(
                     "UPDATE tokens SET revoked_at = ? WHERE token_hash = ?", (now, token_hash)
                 )
@@ -581,6 +582,8 @@ class SQLiteStore:
                         "jti": row[1],
                         "client_id": row[0],
                         "token_type": row[3],
+                        "aud": row[5].split() if row[5] else [],
+                        "exp": row[4],
                     },
                 )
             return True
