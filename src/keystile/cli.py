@@ -171,6 +171,9 @@ def serve(
     from keystile.server.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    # Bind first: if the port is taken, fail before the one-time demo secrets are printed
+    # and the database is marked initialized.
+    sock = _bind(settings)
     clock = SystemClock()
     setup = _run(
         settings,
@@ -180,10 +183,24 @@ def serve(
     )
     if setup is not None:
         typer.echo(demo_text(setup, settings.effective_issuer))
-    _serve(settings)
+    _serve(settings, sock)
 
 
-def _serve(settings: ServerSettings) -> None:
+def _bind(settings: ServerSettings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        fail(f"cannot bind {settings.host}:{settings.port}: {exc.strerror}", 1)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(settings: ServerSettings, sock: socket.socket) -> None:
     import uvicorn
 
     common: dict[str, Any] = {
@@ -215,12 +232,13 @@ def _serve(settings: ServerSettings) -> None:
             own_dir = tempfile.mkdtemp(prefix="keystile-prom-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
         typer.echo(f"keystile listening on {url} ({settings.workers} workers)", err=False)
+        sys.stdout.flush()
         try:
+            # The workers inherit the socket bound above.
             uvicorn.run(
                 "keystile.server.app:app_from_environment",
                 factory=True,
-                host=settings.host,
-                port=settings.port,
+                fd=sock.fileno(),
                 workers=settings.workers,
                 **common,
             )
@@ -230,15 +248,6 @@ def _serve(settings: ServerSettings) -> None:
         return
     from keystile.server.app import create_app
 
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-    except OSError as exc:
-        fail(f"cannot bind {settings.host}:{settings.port}: {exc.strerror}", 1)
-    sock.listen(2048)
-    sock.set_inheritable(True)
     config = uvicorn.Config(create_app(settings), **common)
     server = uvicorn.Server(config)
     typer.echo(f"keystile listening on {url}", err=False)
