@@ -209,6 +209,8 @@ def _serve(settings: ServerSettings, sock: socket.socket) -> None:
         "lifespan": "on",
         "access_log": False,  # our own structured log covers requests, without secrets
         "server_header": False,
+        # Event streams never end by themselves: give them this long once asked to stop.
+        "timeout_graceful_shutdown": 3,
         # X-Forwarded-* are believed only from proxies the operator names: otherwise any
         # caller could pick the source address that failed-authentication throttling counts.
         "proxy_headers": bool(settings.trusted_proxies),
@@ -248,8 +250,16 @@ def _serve(settings: ServerSettings, sock: socket.socket) -> None:
         return
     from keystile.server.app import create_app
 
-    config = uvicorn.Config(create_app(settings), **common)
-    server = uvicorn.Server(config)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if app.bus is not None:
+                app.bus.end_streams()  # event streams end now instead of timing out
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, **common)
+    server = Server(config)
     typer.echo(f"keystile listening on {url}", err=False)
     sys.stdout.flush()
     server.run(sockets=[sock])

@@ -35,6 +35,7 @@ class TestMetadata:
             "token_endpoint_auth_methods_supported": methods,
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
+            "keystile_events_endpoint": f"{ISSUER}/events",
         }
 
     async def test_endpoints_are_under_issuer(self, http, setup):

@@ -9,6 +9,7 @@ from keystile.core.models import AUTH_METHODS, GRANT_TYPES
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a URL path, not a secret
 INTROSPECTION_PATH = "/oauth2/introspect"
 REVOCATION_PATH = "/oauth2/revoke"
+EVENTS_PATH = "/events"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 
@@ -29,6 +30,9 @@ def server_metadata(
         "token_endpoint_auth_methods_supported": methods,
         "introspection_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
+        # An extension (RFC 8414 §2 allows more members): where resource servers subscribe
+        # to revocation events (Server-Sent Events, HTTP Basic as an introspecting client).
+        "keystile_events_endpoint": base + EVENTS_PATH,
     }
     if docs_url:
         body["service_documentation"] = docs_url

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from keystile.clock import Clock, SystemClock
 from keystile.core.metadata import (
+    EVENTS_PATH,
     INTROSPECTION_PATH,
     METADATA_PATH,
     REVOCATION_PATH,
@@ -24,7 +25,9 @@ from keystile.core.metadata import (
     server_metadata,
 )
 from keystile.errors import KeystileError
+from keystile.events.bus import EventBus
 from keystile.server.endpoints import OAuthEndpoints
+from keystile.server.events import EventStream
 from keystile.server.http import Receive, Scope, Send
 from keystile.server.metrics import ServerMetrics
 from keystile.settings import ServerSettings
@@ -53,6 +56,7 @@ class KeystileApp:
         self._fallback = fallback
         self.endpoints = endpoints
         self.store = endpoints.store
+        self.bus: EventBus | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -92,6 +96,8 @@ def create_app(
     the_clock = clock or SystemClock()
     the_metrics = metrics or ServerMetrics()
     endpoints = OAuthEndpoints(settings, the_store, the_clock, the_metrics)
+    bus = EventBus(the_store)
+    endpoints.on_event = bus.notify  # wake the bus at once for this process's own writes
 
     async def metadata(request: Request) -> Response:
         body = server_metadata(settings.effective_issuer, scopes=await the_store.all_scopes())
@@ -136,6 +142,7 @@ def create_app(
             await the_store.open()
         # Everything allocated so far lives as long as the process: keep it out of the
         # cyclic collector's full passes, which otherwise walk it again and again.
+        await bus.start()
         gc.freeze()
         purge: asyncio.Task[None] | None = None
         if settings.purge_interval > 0:
@@ -147,6 +154,7 @@ def create_app(
                 purge.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purge
+            await bus.stop()
             if owns_store:
                 await the_store.close()
 
@@ -164,8 +172,11 @@ def create_app(
         TOKEN_PATH: endpoints.asgi("token", endpoints.token),
         INTROSPECTION_PATH: endpoints.asgi("introspect", endpoints.introspect),
         REVOCATION_PATH: endpoints.asgi("revoke", endpoints.revoke),
+        EVENTS_PATH: EventStream(endpoints, bus),
     }
-    return KeystileApp(oauth, fallback, endpoints)
+    app = KeystileApp(oauth, fallback, endpoints)
+    app.bus = bus
+    return app
 
 
 def app_from_environment() -> KeystileApp:

@@ -164,6 +164,7 @@ class OAuthEndpoints:
         )
         self.log_success = settings.access_log
         self.callers = CallerCache()
+        self.on_event: Callable[[], None] = _nothing  # set by the app: wakes the event bus
 
     # -- the shared request cycle ---------------------------------------------------------
 
@@ -406,6 +407,7 @@ class OAuthEndpoints:
             token_hash(token), client.client_id, self.clock.now()
         ):
             self.metrics.revocations.inc()
+            self.on_event()
             log.info(
                 "token revoked",
                 extra={
@@ -414,6 +416,10 @@ class OAuthEndpoints:
                 },
             )
         return 200, _NO_BODY
+
+
+def _nothing() -> None:
+    return None
 
 
 def _source(scope: Scope) -> str:

@@ -80,6 +80,14 @@ class Store(Protocol):
 
     # -- events and housekeeping ------------------------------------------------------------
     async def events_after(self, after_id: int, limit: int = 100) -> list[Event]: ...
+    async def latest_event_id(self) -> int:
+        """The highest event id ever written (0 if none), even if that row was purged."""
+        ...
+
+    async def oldest_event_id(self) -> int | None:
+        """The lowest event id still retained, or None when the log is empty."""
+        ...
+
     async def purge(
         self, now: int, *, token_grace: int, event_retention: int, batch: int = 500
     ) -> PurgeResult: ...

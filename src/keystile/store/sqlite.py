@@ -599,6 +599,16 @@ class SQLiteStore:
         )
         return [Event(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
+    async def latest_event_id(self) -> int:
+        # AUTOINCREMENT keeps the highest id ever handed out in sqlite_sequence, so purging
+        # old rows never makes an id come back.
+        rows = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return int(rows[0][0]) if rows else 0
+
+    async def oldest_event_id(self) -> int | None:
+        rows = self._query("SELECT min(id) FROM events")
+        return None if rows[0][0] is None else int(rows[0][0])
+
     async def purge(
         self, now: int, *, token_grace: int, event_retention: int, batch: int = 500
     ) -> PurgeResult:

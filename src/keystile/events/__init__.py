@@ -1,0 +1,1 @@
+"""Revocation events: the durable log in the store, fanned out to subscribers."""
