@@ -20,6 +20,7 @@ The tree::
     │   └── ServerError                 500  never carries internals
     └── KeystileError                   operational, never an OAuth answer
         ├── StoreUnavailable            the store cannot answer: 503, never "inactive"
+        ├── IntrospectionUnavailable    (resource side) the AS cannot answer: 503, never 401
         └── ConfigurationError          bad settings or command-line input
 """
 
@@ -119,6 +120,12 @@ class KeystileError(Exception):
 
 class StoreUnavailable(KeystileError):
     """The store could not answer; callers answer 503, never a wrong result."""
+
+
+class IntrospectionUnavailable(KeystileError):
+    """The authorization server could not say whether a token is active (down, timing out,
+    refusing our credentials, answering nonsense). Resource servers answer 503: the
+    request is still denied, but the caller is not told its token is bad."""
 
 
 class ConfigurationError(KeystileError):
