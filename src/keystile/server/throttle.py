@@ -8,9 +8,21 @@ state: each AS process keeps its own counters.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from keystile.clock import Clock
 
 _MAX_KEYS = 100_000
+
+
+class Throttle(Protocol):
+    """What the endpoints need from a throttle. All three run on the hot path without I/O;
+    ``server/shared_throttle.py`` shares counts across processes behind this interface."""
+
+    @property
+    def active(self) -> bool: ...
+    def retry_after(self, *keys: str) -> int: ...
+    def failed(self, *keys: str) -> None: ...
 
 
 class FailureThrottle:

@@ -1,0 +1,1 @@
+"""Versioned PostgreSQL migrations: NNNN_name.sql, applied in order by PostgresStore."""

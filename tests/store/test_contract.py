@@ -1,0 +1,701 @@
+"""The store contract (store/base.py), checked the same way against every backend.
+
+Each test runs once on SQLite and once on PostgreSQL; "another process" is a second store
+object opened on the same database, which is what a second AS process holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import secrets
+from dataclasses import replace
+
+import pytest
+
+from keystile.core.models import Client, ResourceServer, SigningKey, TokenRecord
+from keystile.core.tokens import token_hash
+from keystile.store.base import (
+    CLIENT_DELETED,
+    CLIENT_DISABLED,
+    TOKEN_REVOKED,
+    Conflict,
+    NotFound,
+    Store,
+)
+from tests.store.conftest import Connect
+
+NOW = 1_800_000_000
+API = "https://api.example.test"
+OTHER_API = "https://other.example.test"
+
+
+def client(client_id: str = "app-1", **changes: object) -> Client:
+    base = Client(
+        client_id=client_id,
+        name=f"{client_id} name",
+        secret_hash=token_hash(f"secret of {client_id}"),
+        auth_method="client_secret_basic",
+        grant_types=frozenset({"client_credentials"}),
+        scopes=frozenset({"read", "write"}),
+        default_audience=(API, OTHER_API),
+        access_token_ttl=600,
+        enabled=True,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def resource(
+    identifier: str = API, clients: tuple[str, ...] = (), **changes: object
+) -> ResourceServer:
+    base = ResourceServer(
+        identifier=identifier,
+        name=f"{identifier} name",
+        introspection_clients=frozenset(clients),
+        claims=frozenset({"scope", "client_id", "exp"}),
+        rules=frozenset({"audience", "owner"}),
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def token(client_id: str = "app-1", *, exp: int = NOW + 600, **changes: object) -> TokenRecord:
+    base = TokenRecord(
+        token_hash=secrets.token_bytes(32),
+        kind="access_token",
+        client_id=client_id,
+        scope=frozenset({"read"}),
+        aud=(API, OTHER_API),
+        iat=NOW - 10,
+        nbf=NOW - 10,
+        exp=exp,
+        jti=secrets.token_hex(8),
+        sub=client_id,
+        username=None,
+        grant_id=None,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def version(store: Store) -> int:
+    return (await store.lookup_token(None))[0]
+
+
+async def all_events(store: Store) -> list[tuple[int, str, dict[str, object]]]:
+    return [(e.id, e.type, e.payload) for e in await store.events_after(0, 10_000)]
+
+
+class TestLifecycle:
+    async def test_open_applies_every_migration_once(self, store: Store, connect: Connect) -> None:
+        """A new database is migrated to the latest version, and opening it again is a no-op."""
+        shipped = importlib.import_module(type(store).__module__).migrations()
+        latest = shipped[-1][0]
+        assert [v for v, _, _ in shipped] == list(range(1, latest + 1))
+        assert await store.schema_version() == latest
+        again = await connect()
+        assert await again.schema_version() == latest
+        await store.ping()
+        await again.ping()
+
+    async def test_meta_values_are_stored_and_replaced(self, store: Store) -> None:
+        """Meta keys read back what was last written, and unknown keys read as None."""
+        assert await store.get_meta("initialized") is None
+        await store.set_meta("initialized", "1")
+        await store.set_meta("initialized", "2")
+        assert await store.get_meta("initialized") == "2"
+
+
+class TestClients:
+    async def test_client_round_trip_keeps_every_field(self, store: Store) -> None:
+        """A created client reads back equal, field by field, secret hash included."""
+        c = client(grant_types=frozenset(), default_audience=())
+        await store.create_client(c)
+        assert await store.get_client("app-1") == c
+        assert await store.get_client("nobody") is None
+
+    async def test_duplicate_client_id_is_a_conflict(self, store: Store) -> None:
+        """Creating a client id that exists raises Conflict and keeps the first client."""
+        await store.create_client(client())
+        with pytest.raises(Conflict):
+            await store.create_client(client(name="impostor"))
+        found = await store.get_client("app-1")
+        assert found is not None
+        assert found.name == "app-1 name"
+
+    async def test_list_clients_is_ordered_by_id(self, store: Store) -> None:
+        """Clients are listed in client_id order."""
+        for cid in ("b", "c", "a"):
+            await store.create_client(client(cid))
+        assert [c.client_id for c in await store.list_clients()] == ["a", "b", "c"]
+
+    async def test_update_client_replaces_its_settings(self, store: Store) -> None:
+        """An update changes every mutable field; an unknown client raises NotFound."""
+        await store.create_client(client())
+        changed = client(
+            name="renamed",
+            secret_hash=token_hash("rotated"),
+            auth_method="client_secret_post",
+            scopes=frozenset({"read"}),
+            default_audience=(API,),
+            access_token_ttl=60,
+            updated_at=NOW + 5,
+        )
+        await store.update_client(changed)
+        assert await store.get_client("app-1") == changed
+        with pytest.raises(NotFound):
+            await store.update_client(client("nobody"))
+
+    async def test_disabling_a_client_revokes_only_its_live_tokens(self, store: Store) -> None:
+        """Disable cascades to the client's live tokens, in one change with one event."""
+        await store.create_client(client())
+        await store.create_client(client("app-2"))
+        live = [token() for _ in range(3)]
+        expired = token(exp=NOW - 1)
+        other = token("app-2")
+        for t in (*live, expired, other):
+            await store.insert_token(t)
+        assert await store.revoke_token(live[0].token_hash, "app-1", NOW - 5)
+
+        assert await store.set_client_enabled("app-1", False, NOW) == 2
+
+        for t in live[1:]:
+            found = await store.find_token(t.token_hash)
+            assert found is not None
+            assert found.revoked_at == NOW
+        first = await store.find_token(live[0].token_hash)
+        assert first is not None
+        assert first.revoked_at == NOW - 5
+        assert (await store.find_token(expired.token_hash)).revoked_at is None  # type: ignore[union-attr]
+        assert (await store.find_token(other.token_hash)).revoked_at is None  # type: ignore[union-attr]
+        disabled = await store.get_client("app-1")
+        assert disabled is not None
+        assert not disabled.enabled
+        assert disabled.updated_at == NOW
+        events = await all_events(store)
+        assert [(t, p) for _, t, p in events][-1] == (
+            CLIENT_DISABLED,
+            {"client_id": "app-1", "tokens_revoked": 2},
+        )
+
+    async def test_enabling_a_client_brings_no_token_back(self, store: Store) -> None:
+        """Re-enabling revokes nothing, writes no event and leaves revoked tokens revoked."""
+        await store.create_client(client())
+        t = token()
+        await store.insert_token(t)
+        await store.set_client_enabled("app-1", False, NOW)
+        latest = await store.latest_event_id()
+        assert await store.set_client_enabled("app-1", True, NOW + 1) == 0
+        assert await store.latest_event_id() == latest
+        found = await store.find_token(t.token_hash)
+        assert found is not None
+        assert found.revoked_at == NOW
+        with pytest.raises(NotFound):
+            await store.set_client_enabled("nobody", False, NOW)
+
+    async def test_deleting_a_client_revokes_tokens_and_leaves_its_resource(
+        self, store: Store
+    ) -> None:
+        """Delete revokes live tokens (rows kept), drops the client from its resource server
+        and writes a client_deleted event."""
+        await store.create_client(client())
+        await store.create_client(client("rs-1"))
+        await store.create_resource_server(resource(clients=("app-1", "rs-1")))
+        t = token()
+        await store.insert_token(t)
+
+        assert await store.delete_client("app-1", NOW) == 1
+
+        assert await store.get_client("app-1") is None
+        found = await store.find_token(t.token_hash)
+        assert found is not None
+        assert found.revoked_at == NOW
+        rs = await store.get_resource_server(API)
+        assert rs is not None
+        assert rs.introspection_clients == {"rs-1"}
+        assert await store.resource_server_for_client("app-1") is None
+        _, type_, payload = (await all_events(store))[-1]
+        assert (type_, payload) == (CLIENT_DELETED, {"client_id": "app-1", "tokens_revoked": 1})
+        with pytest.raises(NotFound):
+            await store.delete_client("app-1", NOW)
+
+
+class TestResourceServers:
+    async def test_resource_server_round_trip(self, store: Store) -> None:
+        """A created resource server reads back equal, by identifier and by its clients."""
+        await store.create_client(client("rs-1"))
+        await store.create_client(client("rs-1b"))
+        rs = resource(clients=("rs-1", "rs-1b"))
+        await store.create_resource_server(rs)
+        assert await store.get_resource_server(API) == rs
+        assert await store.resource_server_for_client("rs-1") == rs
+        assert await store.resource_server_for_client("rs-1b") == rs
+        assert await store.resource_server_for_client("app-1") is None
+        assert await store.get_resource_server(OTHER_API) is None
+
+    async def test_resource_server_rules(self, store: Store) -> None:
+        """Duplicates and clients introspecting for two servers conflict; unknown clients and
+        servers are NotFound, and a failed change leaves nothing behind."""
+        await store.create_client(client("rs-1"))
+        await store.create_resource_server(resource(clients=("rs-1",)))
+        with pytest.raises(Conflict):
+            await store.create_resource_server(resource())
+        with pytest.raises(Conflict):
+            await store.create_resource_server(resource(OTHER_API, clients=("rs-1",)))
+        with pytest.raises(NotFound):
+            await store.create_resource_server(resource(OTHER_API, clients=("ghost",)))
+        assert await store.get_resource_server(OTHER_API) is None  # rolled back whole
+        with pytest.raises(NotFound):
+            await store.update_resource_server(resource(OTHER_API))
+        with pytest.raises(NotFound):
+            await store.delete_resource_server(OTHER_API)
+
+    async def test_update_and_delete_resource_server(self, store: Store) -> None:
+        """Update replaces fields and the client list whole; delete frees its clients."""
+        for cid in ("rs-1", "rs-2"):
+            await store.create_client(client(cid))
+        await store.create_resource_server(resource(clients=("rs-1",)))
+        changed = resource(
+            clients=("rs-2",), name="renamed", claims=frozenset({"scope"}), updated_at=NOW + 1
+        )
+        await store.update_resource_server(changed)
+        assert await store.get_resource_server(API) == changed
+        assert await store.resource_server_for_client("rs-1") is None
+        await store.delete_resource_server(API)
+        assert await store.list_resource_servers() == []
+        assert await store.resource_server_for_client("rs-2") is None
+
+    async def test_known_resources_and_scopes_follow_the_registry(self, store: Store) -> None:
+        """known_resources lists every identifier; all_scopes only enabled clients' scopes."""
+        await store.create_client(client("a", scopes=frozenset({"read"})))
+        await store.create_client(client("b", scopes=frozenset({"admin"})))
+        await store.create_resource_server(resource(API))
+        assert await store.known_resources() == {API}
+        assert await store.all_scopes() == {"read", "admin"}
+        await store.create_resource_server(resource(OTHER_API))
+        await store.set_client_enabled("b", False, NOW)
+        assert await store.known_resources() == {API, OTHER_API}
+        assert await store.all_scopes() == {"read"}
+        assert [rs.identifier for rs in await store.list_resource_servers()] == [API, OTHER_API]
+
+
+class TestRegistryVersion:
+    async def test_every_registry_change_moves_the_version(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Each change to clients or resource servers changes the version another process
+        reads with its next lookup; token writes do not."""
+        other = await connect()
+        seen = [await version(other)]
+
+        async def changed() -> None:
+            now = await version(other)
+            assert now != seen[-1]
+            assert now > seen[-1]
+            seen.append(now)
+
+        await store.create_client(client())
+        await changed()
+        await store.create_client(client("rs-1"))
+        await changed()
+        await store.update_client(client(name="renamed"))
+        await changed()
+        await store.create_resource_server(resource(clients=("rs-1",)))
+        await changed()
+        await store.update_resource_server(resource(clients=(), name="renamed"))
+        await changed()
+        await store.set_client_enabled("app-1", False, NOW)
+        await changed()
+        await store.set_client_enabled("app-1", True, NOW)
+        await changed()
+        await store.delete_resource_server(API)
+        await changed()
+        await store.delete_client("rs-1", NOW)
+        await changed()
+
+        t = token()
+        await store.insert_token(t)
+        await store.revoke_token(t.token_hash, "app-1", NOW)
+        await store.set_meta("k", "v")
+        assert await version(other) == seen[-1]
+
+    async def test_failed_change_leaves_the_version(self, store: Store) -> None:
+        """A change that is refused (NotFound, Conflict) is rolled back, version included."""
+        await store.create_client(client())
+        before = await version(store)
+        with pytest.raises(NotFound):
+            await store.update_client(client("nobody"))
+        with pytest.raises(NotFound):
+            await store.create_resource_server(resource(clients=("ghost",)))
+        with pytest.raises(Conflict):
+            await store.create_client(client())
+        assert await version(store) == before
+
+
+class TestTokens:
+    async def test_token_round_trip_and_lookup(self, store: Store) -> None:
+        """A token reads back equal by find_token and lookup_token; unknown reads as None."""
+        t = token(username="alice", grant_id="g-1", aud=())
+        await store.insert_token(t)
+        assert await store.find_token(t.token_hash) == t
+        v, found = await store.lookup_token(t.token_hash)
+        assert found == t
+        assert v == await version(store)
+        assert await store.find_token(token_hash("unknown")) is None
+        assert (await store.lookup_token(token_hash("unknown")))[1] is None
+        assert (await store.lookup_token(None))[1] is None
+
+    async def test_duplicate_token_is_a_conflict(self, store: Store) -> None:
+        """The same hash or jti twice raises Conflict: a token value is never reused."""
+        t = token()
+        await store.insert_token(t)
+        with pytest.raises(Conflict):
+            await store.insert_token(replace(t, jti="another"))
+        with pytest.raises(Conflict):
+            await store.insert_token(replace(t, token_hash=secrets.token_bytes(32)))
+
+    async def test_revocation_by_its_client_writes_one_event(self, store: Store) -> None:
+        """The owner revokes: the token is marked revoked and a token_revoked event carries
+        its hash, never its value."""
+        t = token()
+        await store.insert_token(t)
+        assert await store.revoke_token(t.token_hash, "app-1", NOW)
+        found = await store.find_token(t.token_hash)
+        assert found is not None
+        assert found.revoked_at == NOW
+        [(event_id, type_, payload)] = await all_events(store)
+        assert type_ == TOKEN_REVOKED
+        assert payload == {
+            "token_sha256": t.token_hash.hex(),
+            "jti": t.jti,
+            "client_id": "app-1",
+            "token_type": "access_token",
+            "aud": [API, OTHER_API],
+            "exp": t.exp,
+        }
+        assert await store.latest_event_id() == event_id
+
+    async def test_revocation_refusals_write_nothing(self, store: Store) -> None:
+        """Another client's token, an unknown token, a second revocation and an expired token
+        write no event; only the owner is told True."""
+        t, expired = token(), token(exp=NOW - 1)
+        for r in (t, expired):
+            await store.insert_token(r)
+        assert not await store.revoke_token(t.token_hash, "app-2", NOW)
+        assert not await store.revoke_token(token_hash("unknown"), "app-1", NOW)
+        found = await store.find_token(t.token_hash)
+        assert found is not None
+        assert found.revoked_at is None
+        assert await store.revoke_token(expired.token_hash, "app-1", NOW)
+        found = await store.find_token(expired.token_hash)
+        assert found is not None
+        assert found.revoked_at is None
+        assert await store.revoke_token(t.token_hash, "app-1", NOW)
+        assert await store.revoke_token(t.token_hash, "app-1", NOW + 1)
+        found = await store.find_token(t.token_hash)
+        assert found is not None
+        assert found.revoked_at == NOW
+        assert len(await all_events(store)) == 1
+
+    async def test_revocation_is_seen_by_another_process_at_once(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """A revocation committed through one store is what the next lookup elsewhere reads."""
+        other = await connect()
+        t = token()
+        await store.insert_token(t)
+        _, before = await other.lookup_token(t.token_hash)
+        assert before is not None
+        assert before.revoked_at is None
+        await store.revoke_token(t.token_hash, "app-1", NOW)
+        _, after = await other.lookup_token(t.token_hash)
+        assert after is not None
+        assert after.revoked_at == NOW
+
+    async def test_concurrent_revocations_of_one_token_write_one_event(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Many revocations of the same token at once, from two processes, all answer True
+        and leave exactly one event."""
+        other = await connect()
+        t = token()
+        await store.insert_token(t)
+        results = await asyncio.gather(
+            *(s.revoke_token(t.token_hash, "app-1", NOW) for s in (store, other) * 10)
+        )
+        assert all(results)
+        assert [type_ for _, type_, _ in await all_events(store)] == [TOKEN_REVOKED]
+
+    async def test_concurrent_revocation_and_client_disable(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Revoking a token while its client is disabled elsewhere revokes it once: one
+        client_disabled event, at most one token_revoked event, ids in order."""
+        other = await connect()
+        await store.create_client(client())
+        tokens = [token() for _ in range(5)]
+        for t in tokens:
+            await store.insert_token(t)
+        await asyncio.gather(
+            *(store.revoke_token(t.token_hash, "app-1", NOW) for t in tokens),
+            other.set_client_enabled("app-1", False, NOW),
+        )
+        events = await all_events(store)
+        types = [type_ for _, type_, _ in events]
+        assert types.count(CLIENT_DISABLED) == 1
+        disabled = next(p for _, type_, p in events if type_ == CLIENT_DISABLED)
+        assert types.count(TOKEN_REVOKED) + disabled["tokens_revoked"] == 5  # type: ignore[operator]
+        for t in tokens:
+            found = await store.find_token(t.token_hash)
+            assert found is not None
+            assert found.revoked_at == NOW
+
+
+class TestEvents:
+    async def test_events_are_ordered_and_paged(self, store: Store, connect: Connect) -> None:
+        """Events written from two processes get consecutive ids in commit order, and
+        events_after pages through them."""
+        other = await connect()
+        assert await store.latest_event_id() == 0
+        assert await store.oldest_event_id() is None
+        tokens = [token() for _ in range(6)]
+        for t in tokens:
+            await store.insert_token(t)
+        await asyncio.gather(
+            *(
+                s.revoke_token(t.token_hash, "app-1", NOW)
+                for s, t in zip((store, other) * 3, tokens, strict=True)
+            )
+        )
+        ids = [e.id for e in await store.events_after(0, 100)]
+        assert ids == list(range(ids[0], ids[0] + 6))
+        assert await store.latest_event_id() == ids[-1]
+        assert await other.latest_event_id() == ids[-1]
+        assert await store.oldest_event_id() == ids[0]
+        assert [e.id for e in await store.events_after(ids[1], 2)] == ids[2:4]
+        assert await store.events_after(ids[-1]) == []
+        hashes = {e.payload["token_sha256"] for e in await other.events_after(0)}
+        assert hashes == {t.token_hash.hex() for t in tokens}
+
+    async def test_concurrent_event_writers_never_expose_a_gap(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """While two processes write events, a reader that saw latest_event_id = N always
+        finds every event up to N: no id becomes visible before a smaller one."""
+        other = await connect()
+        reader = await connect()
+        tokens = [token() for _ in range(40)]
+        for t in tokens:
+            await store.insert_token(t)
+        done = False
+        problems: list[str] = []
+
+        async def read() -> None:
+            while not done:
+                latest = await reader.latest_event_id()
+                ids = [e.id for e in await reader.events_after(0, 1000)]
+                if latest and ids[:latest] != list(range(1, latest + 1)):
+                    problems.append(f"latest {latest}, visible {ids}")
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(read())
+        await asyncio.gather(
+            *(
+                s.revoke_token(t.token_hash, "app-1", NOW)
+                for s, t in zip((store, other) * 20, tokens, strict=True)
+            )
+        )
+        done = True
+        await task
+        assert problems == []
+        assert await reader.latest_event_id() == 40
+
+
+class TestPurge:
+    async def test_purge_removes_old_rows_in_batches(self, store: Store) -> None:
+        """Tokens expired past the grace and events past retention go, in batches; the rest
+        stays."""
+        old = [token(exp=NOW - 100) for _ in range(5)]
+        recent = token(exp=NOW - 10)
+        live = token()
+        for t in (*old, recent, live):
+            await store.insert_token(t)
+        await store.create_client(client())
+        for t in (live, recent):
+            await store.revoke_token(t.token_hash, "app-1", NOW - 20)  # two old events
+        await store.set_client_enabled("app-1", False, NOW)  # a second, newer event
+
+        result = await store.purge(NOW, token_grace=50, event_retention=10, batch=2)
+
+        assert (result.tokens, result.events) == (5, 2)
+        for t in old:
+            assert await store.find_token(t.token_hash) is None
+        assert await store.find_token(recent.token_hash) is not None
+        assert await store.find_token(live.token_hash) is not None
+        assert [e.type for e in await store.events_after(0)] == [CLIENT_DISABLED]
+
+    async def test_latest_event_id_survives_a_purge(self, store: Store) -> None:
+        """After every event is purged, latest_event_id keeps the highest id ever written,
+        oldest_event_id is None, and the next event gets a higher id."""
+        tokens = [token(), token()]
+        for t in tokens:
+            await store.insert_token(t)
+        await store.revoke_token(tokens[0].token_hash, "app-1", NOW - 100)
+        latest = await store.latest_event_id()
+        assert latest > 0
+
+        result = await store.purge(NOW, token_grace=0, event_retention=60)
+
+        assert result.events == 1
+        assert await store.latest_event_id() == latest
+        assert await store.oldest_event_id() is None
+        await store.revoke_token(tokens[1].token_hash, "app-1", NOW)
+        assert await store.latest_event_id() == latest + 1
+        assert await store.oldest_event_id() == latest + 1
+
+
+# -- JWT access tokens, signing keys, client assertions (RFC 9068, RFC 7517, RFC 7523) ---------
+
+
+def signing_key(kid: str, state: str = "next", **changes: object) -> SigningKey:
+    base = SigningKey(
+        kid=kid,
+        alg="ES256",
+        state=state,  # type: ignore[arg-type]
+        public_jwk=f'{{"kid":"{kid}"}}',
+        private_jwk_enc=b"sealed " + kid.encode(),
+        created_at=NOW,
+        activated_at=NOW if state == "active" else None,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def keys_by_kid(store: Store) -> dict[str, SigningKey]:
+    return {k.kid: k for k in await store.list_signing_keys()}
+
+
+class TestJwtSettings:
+    async def test_client_and_resource_server_jwt_fields_round_trip(self, store: Store) -> None:
+        """token_format, jwks and introspection_response are stored, updated and read back."""
+        c = client(token_format="jwt", jwks='{"keys":[]}', auth_method="private_key_jwt")
+        await store.create_client(c)
+        assert await store.get_client("app-1") == c
+        await store.update_client(replace(c, token_format="opaque", jwks=None))
+        found = await store.get_client("app-1")
+        assert found is not None
+        assert (found.token_format, found.jwks) == ("opaque", None)
+
+        rs = resource(clients=("app-1",), introspection_response="jwt-required")
+        await store.create_resource_server(rs)
+        assert await store.resource_server_for_client("app-1") == rs
+        await store.update_resource_server(replace(rs, introspection_response="jwt"))
+        again = await store.get_resource_server(API)
+        assert again is not None
+        assert again.introspection_response == "jwt"
+
+
+class TestSigningKeys:
+    async def test_keys_round_trip_and_one_active(self, store: Store) -> None:
+        """Keys read back as written, in creation order; a second active key is a Conflict."""
+        first = signing_key("k1", "active")
+        later = signing_key("k2", created_at=NOW + 1)
+        await store.insert_signing_key(later)
+        await store.insert_signing_key(first)
+        assert await store.list_signing_keys() == [first, later]
+        with pytest.raises(Conflict):
+            await store.insert_signing_key(signing_key("k3", "active"))
+        with pytest.raises(Conflict):
+            await store.insert_signing_key(signing_key("k1"))
+
+    async def test_activation_retires_the_active_key(self, store: Store) -> None:
+        """Activating a next key retires the active one in the same transaction, dropping its
+        private part and keeping it published at least until retired_until."""
+        await store.insert_signing_key(signing_key("k1", "active"))
+        await store.insert_signing_key(signing_key("k2"))
+
+        await store.activate_signing_key("k2", NOW + 10, retired_until=NOW + 300)
+
+        keys = await keys_by_kid(store)
+        assert (keys["k2"].state, keys["k2"].activated_at) == ("active", NOW + 10)
+        old = keys["k1"]
+        assert (old.state, old.retired_at, old.private_jwk_enc) == ("retired", NOW + 10, None)
+        assert old.not_after == NOW + 300
+        with pytest.raises(Conflict):
+            await store.activate_signing_key("k1", NOW, retired_until=NOW)
+        with pytest.raises(NotFound):
+            await store.activate_signing_key("nope", NOW, retired_until=NOW)
+
+    async def test_retirement_rules(self, store: Store) -> None:
+        """The active key cannot be retired; a next key retires unpublished; immediately ends
+        a retired key's publication."""
+        await store.insert_signing_key(signing_key("k1", "active"))
+        await store.insert_signing_key(signing_key("k2"))
+        with pytest.raises(Conflict):
+            await store.retire_signing_key("k1", NOW)
+        with pytest.raises(NotFound):
+            await store.retire_signing_key("nope", NOW)
+
+        await store.retire_signing_key("k2", NOW + 5)
+        k2 = (await keys_by_kid(store))["k2"]
+        assert (k2.state, k2.not_after, k2.private_jwk_enc) == ("retired", NOW + 5, None)
+        assert not k2.is_published(NOW + 5)
+
+        await store.insert_signing_key(signing_key("k3"))
+        await store.activate_signing_key("k3", NOW, retired_until=NOW + 600)
+        await store.retire_signing_key("k1", NOW + 20, immediately=True)
+        k1 = (await keys_by_kid(store))["k1"]
+        assert (k1.retired_at, k1.not_after) == (NOW, NOW + 20)
+
+    async def test_key_changes_reach_other_processes(self, store: Store, connect: Connect) -> None:
+        """Creating or rotating keys bumps the registry version another process reads."""
+        other = await connect()
+        before = await version(other)
+        await store.insert_signing_key(signing_key("k1", "active"))
+        middle = await version(other)
+        await store.insert_signing_key(signing_key("k2"))
+        await store.activate_signing_key("k2", NOW, retired_until=NOW)
+        assert before < middle < await version(other)
+
+    async def test_jwt_token_raises_not_after_only_upwards(self, store: Store) -> None:
+        """Recording a JWT stores it by digest and lifts its key's not_after, never lowering it."""
+        await store.insert_signing_key(signing_key("k1", "active"))
+        late = token(exp=NOW + 900)
+        await store.insert_jwt_token(late, "k1", NOW + 1200)
+        assert (await keys_by_kid(store))["k1"].not_after == NOW + 1200
+        before = await version(store)
+
+        await store.insert_jwt_token(token(exp=NOW + 600), "k1", NOW + 900)
+
+        assert (await keys_by_kid(store))["k1"].not_after == NOW + 1200
+        assert await version(store) == before  # nothing changed: no registry bump
+        assert await store.find_token(late.token_hash) == late
+
+
+class TestClientAssertions:
+    async def test_each_jti_is_accepted_once_per_client(self, store: Store) -> None:
+        """A jti is recorded once; the same jti again is a replay, for another client it is not."""
+        assert await store.record_assertion_jti("app-1", "j1", NOW + 60) is True
+        assert await store.record_assertion_jti("app-1", "j1", NOW + 60) is False
+        assert await store.record_assertion_jti("app-2", "j1", NOW + 60) is True
+
+    async def test_concurrent_replays_admit_exactly_one(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Of many processes presenting the same jti at once, exactly one wins (RFC 7523 §3)."""
+        other = await connect()
+        results = await asyncio.gather(
+            *(s.record_assertion_jti("app-1", "same", NOW + 60) for s in (store, other) * 5)
+        )
+        assert sorted(results) == [False] * 9 + [True]
+
+    async def test_purge_forgets_expired_jtis(self, store: Store) -> None:
+        """The purge deletes jtis whose assertions expired; live ones keep refusing replays."""
+        await store.record_assertion_jti("app-1", "old", NOW - 1)
+        await store.record_assertion_jti("app-1", "live", NOW + 60)
+
+        await store.purge(NOW, token_grace=0, event_retention=60)
+
+        assert await store.record_assertion_jti("app-1", "old", NOW + 60) is True
+        assert await store.record_assertion_jti("app-1", "live", NOW + 60) is False
