@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
 from base64 import b64encode
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote_plus
 
 import httpx
@@ -159,3 +163,88 @@ async def http_from(app: KeystileApp) -> AsyncIterator[HttpFrom]:
     yield make
     for c in opened:
         await c.aclose()
+
+
+# -- external services: PostgreSQL and Redis --------------------------------------------------
+#
+# A test that needs a service skips, naming the reason, when the service is unreachable;
+# with KEYSTILE_REQUIRE_SERVICES=1 (CI sets it) it fails instead, so a missing service can
+# never pass for green. Read at import: tests/e2e/conftest.py strips KEYSTILE_* variables
+# from the environment of each test.
+
+REQUIRE_SERVICES = os.environ.get("KEYSTILE_REQUIRE_SERVICES") == "1"
+PG_DSN = os.environ.get("KEYSTILE_TEST_PG_DSN", "postgresql://root@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("KEYSTILE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+T = TypeVar("T")
+
+
+def service_unavailable(reason: str) -> NoReturn:
+    """Skip the calling test because a service is missing, or fail it when CI requires it."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (KEYSTILE_REQUIRE_SERVICES=1: services are required)")
+    pytest.skip(reason)
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a private event loop in another thread (for sync fixtures)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def pg_execute(sql: str, dsn: str = PG_DSN) -> None:
+    """Run SQL on its own short-lived connection."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The DSN of the local PostgreSQL server, once it answered."""
+    try:
+        import asyncpg
+    except ImportError:
+        service_unavailable("asyncpg is not installed: pip install 'keystile[postgres]'")
+    try:
+        run_coroutine(pg_execute("SELECT 1"))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        service_unavailable(f"PostgreSQL is unreachable at {PG_DSN}: {exc}")
+    return PG_DSN
+
+
+@pytest.fixture
+def pg_url(postgres: str) -> Iterator[str]:
+    """A DSN whose search_path is a new, empty schema of its own, dropped after the test."""
+    schema = f"keystile_test_{secrets.token_hex(6)}"
+    run_coroutine(pg_execute(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in postgres else "?"
+    yield f"{postgres}{sep}search_path={schema}"
+    run_coroutine(pg_execute(f"SET lock_timeout = '10s'; DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of the local Redis server, once it answered PING."""
+    try:
+        import redis
+    except ImportError:
+        service_unavailable("redis-py is not installed: pip install 'keystile[redis]'")
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (OSError, redis.RedisError) as exc:
+        service_unavailable(f"Redis is unreachable at {REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests sharing one Redis never see each other."""
+    return f"keystile-test:{secrets.token_hex(6)}"

@@ -5,6 +5,7 @@ Validation lives here, so the CLI, the demo setup and tests create records the s
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import replace
@@ -15,8 +16,10 @@ from keystile.core.issuance import check_resource_uri
 from keystile.core.models import (
     AUTH_METHODS,
     GRANT_TYPES,
+    INTROSPECTION_RESPONSES,
     INTROSPECTION_RULES,
     RFC7662_CLAIMS,
+    TOKEN_FORMATS,
     Client,
     ResourceServer,
 )
@@ -88,10 +91,20 @@ async def create_client(
     scopes: Iterable[str] = (),
     default_audience: Iterable[str] = (),
     access_token_ttl: int = 3600,
+    token_format: str = "opaque",  # noqa: S107 - a format name, not a secret
+    jwks: str | None = None,
 ) -> tuple[Client, str]:
-    """Register a client; returns it with its generated secret (shown once, stored hashed)."""
+    """Register a client; returns it with its generated secret (shown once, stored hashed).
+
+    A ``private_key_jwt`` client authenticates with its ``jwks`` instead (RFC 7523); its
+    generated secret is of no use until it switches to a secret method.
+    """
     _check_client_id(client_id)
     _check_choice("auth method", auth_method, AUTH_METHODS)
+    _check_choice("token format", token_format, TOKEN_FORMATS)
+    jwks = _jwks(jwks)
+    if auth_method == "private_key_jwt" and jwks is None:
+        raise ConfigurationError("private_key_jwt needs the client's public keys: give --jwks")
     grants = frozenset(grant_types)
     for grant in grants:
         _check_choice("grant type", grant, GRANT_TYPES)
@@ -109,6 +122,8 @@ async def create_client(
         enabled=True,
         created_at=now,
         updated_at=now,
+        token_format=token_format,  # type: ignore[arg-type]
+        jwks=jwks,
     )
     await store.create_client(client)
     return client, secret
@@ -132,6 +147,8 @@ async def update_client(
     scopes: Iterable[str] | None = None,
     default_audience: Iterable[str] | None = None,
     access_token_ttl: int | None = None,
+    token_format: str | None = None,
+    jwks: str | None = None,
 ) -> Client:
     client = await get_client(store, client_id)
     changes: dict[str, Any] = {"updated_at": clock.now()}
@@ -151,7 +168,14 @@ async def update_client(
         changes["default_audience"] = _audience(default_audience)
     if access_token_ttl is not None:
         changes["access_token_ttl"] = _ttl(access_token_ttl)
+    if token_format is not None:
+        _check_choice("token format", token_format, TOKEN_FORMATS)
+        changes["token_format"] = token_format
+    if jwks is not None:
+        changes["jwks"] = _jwks(jwks)
     updated = replace(client, **changes)
+    if updated.auth_method == "private_key_jwt" and updated.jwks is None:
+        raise ConfigurationError("private_key_jwt needs the client's public keys: give --jwks")
     await store.update_client(updated)
     return updated
 
@@ -174,8 +198,10 @@ async def create_resource_server(
     introspection_clients: Iterable[str] = (),
     claims: Iterable[str] | None = None,
     rules: Iterable[str] = ("audience",),
+    introspection_response: str = "json",
 ) -> ResourceServer:
     _check_identifier(identifier)
+    _check_choice("introspection response", introspection_response, INTROSPECTION_RESPONSES)
     now = clock.now()
     rs = ResourceServer(
         identifier=identifier,
@@ -185,6 +211,7 @@ async def create_resource_server(
         rules=_rules(rules),
         created_at=now,
         updated_at=now,
+        introspection_response=introspection_response,  # type: ignore[arg-type]
     )
     await store.create_resource_server(rs)
     return rs
@@ -206,6 +233,7 @@ async def update_resource_server(
     introspection_clients: Iterable[str] | None = None,
     claims: Iterable[str] | None = None,
     rules: Iterable[str] | None = None,
+    introspection_response: str | None = None,
 ) -> ResourceServer:
     rs = await get_resource_server(store, identifier)
     changes: dict[str, Any] = {"updated_at": clock.now()}
@@ -217,6 +245,9 @@ async def update_resource_server(
         changes["claims"] = _claims(claims)
     if rules is not None:
         changes["rules"] = _rules(rules)
+    if introspection_response is not None:
+        _check_choice("introspection response", introspection_response, INTROSPECTION_RESPONSES)
+        changes["introspection_response"] = introspection_response
     updated = replace(rs, **changes)
     await store.update_resource_server(updated)
     return updated
@@ -238,6 +269,19 @@ def _rules(values: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def _jwks(text: str | None) -> str | None:
+    """A client's JWK Set, checked (public EC, RSA or OKP keys only) and stored compactly."""
+    if text is None:
+        return None
+    from keystile.core.client_assertion import parse_client_jwks
+
+    try:
+        parse_client_jwks(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"jwks: {exc}") from None
+    return json.dumps(json.loads(text), separators=(",", ":"), sort_keys=True)
+
+
 def client_view(client: Client) -> dict[str, Any]:
     """A client as JSON for the CLI: everything but the secret digest."""
     return {
@@ -251,6 +295,8 @@ def client_view(client: Client) -> dict[str, Any]:
         "enabled": client.enabled,
         "created_at": client.created_at,
         "updated_at": client.updated_at,
+        "token_format": client.token_format,
+        "jwks": None if client.jwks is None else json.loads(client.jwks),
     }
 
 
@@ -261,6 +307,7 @@ def resource_server_view(rs: ResourceServer) -> dict[str, Any]:
         "introspection_clients": sorted(rs.introspection_clients),
         "claims": sorted(rs.claims),
         "introspection_rules": sorted(rs.rules),
+        "introspection_response": rs.introspection_response,
         "created_at": rs.created_at,
         "updated_at": rs.updated_at,
     }

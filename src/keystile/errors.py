@@ -6,7 +6,8 @@ The tree::
     ├── OAuthError                      rendered as {"error": ..., "error_description": ...}
     │   ├── InvalidRequest              400  RFC 6749 §5.2
     │   │   ├── RequestTooLarge         413  (body over the configured limit)
-    │   │   └── MethodNotAllowed        405  (GET on a POST endpoint)
+    │   │   ├── MethodNotAllowed        405  (GET on a POST endpoint)
+    │   │   └── NotAcceptable           406  RFC 9701: no acceptable answer (Accept)
     │   ├── InvalidClient               401  RFC 6749 §5.2, always with WWW-Authenticate
     │   ├── UnauthorizedClient          400  RFC 6749 §5.2
     │   ├── IntrospectionForbidden      403  RFC 7662 §2.1: caller is not a resource server
@@ -57,6 +58,13 @@ class RequestTooLarge(InvalidRequest):
 
 class MethodNotAllowed(InvalidRequest):
     status_code = 405
+
+
+class NotAcceptable(InvalidRequest):
+    """No answer the caller accepts (RFC 9110 §15.5.7), e.g. plain JSON to a resource server
+    that must receive signed introspection answers (RFC 9701)."""
+
+    status_code = 406
 
 
 class InvalidClient(OAuthError):

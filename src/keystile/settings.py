@@ -7,6 +7,7 @@ typed values and never reads the environment itself.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +38,36 @@ class ServerSettings(BaseSettings):
         env_prefix="KEYSTILE_", extra="forbid", frozen=True, validate_default=True
     )
 
-    db: str = Field("keystile.db", description="SQLite file path (the embedded default).")
+    db: str = Field(
+        "keystile.db",
+        description="SQLite file path (the embedded default), or a postgresql:// URL.",
+    )
+    # -- PostgreSQL (scale-out): used only when `db` is a postgresql:// URL ------------------
+    db_pool_size: int = Field(
+        10, ge=1, le=500, description="PostgreSQL connections per AS process, at most."
+    )
+    db_acquire_timeout: float = Field(
+        2.0, gt=0, le=60, description="Longest wait for a free connection, then 503 (seconds)."
+    )
+    db_max_waiting: int = Field(
+        100,
+        ge=0,
+        description="Requests (or batches of introspection lookups) allowed to queue for a "
+        "connection; beyond that, 503.",
+    )
+    db_query_timeout: float = Field(
+        5.0, gt=0, le=300, description="Longest a PostgreSQL statement may take, then 503."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="redis:// URL: share failed-authentication throttling across AS processes.",
+    )
+    redis_prefix: str = Field(
+        "keystile",
+        min_length=1,
+        max_length=64,
+        description="Prefix of keystile's Redis keys and channels (one per deployment).",
+    )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
     issuer: str | None = Field(
@@ -76,6 +106,23 @@ class ServerSettings(BaseSettings):
         False,
         description="Also log successful requests (refusals, issuance and revocation always are).",
     )
+    # -- JWT access tokens and signing keys (docs/tokens.md) -----------------------------------
+    key_encryption_key: str | None = Field(
+        None,
+        repr=False,
+        description="Base64 of 32 random bytes: encrypts signing keys at rest (AES-256-GCM).",
+    )
+    key_encryption_key_file: Path | None = Field(
+        None,
+        description="File holding key_encryption_key. Default for SQLite: <db>.kek, made on "
+        "first use.",
+    )
+    signing_key_alg: Literal["ES256", "RS256", "Ed25519", "EdDSA"] = Field(
+        "ES256", description="Algorithm of the signing key made on first start."
+    )
+    jwks_max_age: int = Field(
+        300, ge=0, le=86400, description="Cache-Control max-age of the JWKS, in seconds."
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -91,6 +138,39 @@ class ServerSettings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("issuer must have no query or fragment (RFC 8414 section 2)")
         return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kek(self) -> ServerSettings:
+        if self.key_encryption_key is not None and self.key_encryption_key_file is not None:
+            raise ValueError("give key_encryption_key or key_encryption_key_file, not both")
+        return self
+
+    @property
+    def default_kek_file(self) -> Path | None:
+        """Where the SQLite store keeps a generated key-encryption key: next to the database
+        (None for PostgreSQL, whose processes must all be given the same key)."""
+        if self.uses_postgres:
+            return None
+        db = self.db.removeprefix("sqlite:///")
+        return Path(db + ".kek")
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.db.startswith(("postgres://", "postgresql://"))
+
+    @property
+    def db_display(self) -> str:
+        """``db`` without any password in it, for messages and logs."""
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.db)
 
     @model_validator(mode="after")
     def _check_tls(self) -> ServerSettings:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from keystile.store.sqlite import migrations
 from tests.e2e.conftest import (
     CLI_TIMEOUT,
     Cli,
@@ -22,6 +23,7 @@ from tests.e2e.conftest import (
 
 API = "https://api.example.test"
 OTHER_API = "https://other.example.test"
+LATEST = migrations()[-1][0]  # the schema version a new database gets
 RFC7662_CLAIMS = [
     "aud",
     "client_id",
@@ -68,6 +70,8 @@ class TestClientCommands:
             "default_audience": [API],
             "access_token_ttl": 3600,
             "enabled": True,
+            "token_format": "opaque",
+            "jwks": None,
         }
 
     def test_secret_never_shown_again(self, cli: Cli) -> None:
@@ -129,6 +133,8 @@ class TestClientCommands:
             "default_audience": [API],
             "access_token_ttl": 60,
             "enabled": True,
+            "token_format": "opaque",
+            "jwks": None,
         }
         assert without_times(ok_json(cli, "client", "show", "app")) == updated
 
@@ -183,6 +189,7 @@ class TestResourceCommands:
             "introspection_clients": ["rs"],
             "claims": RFC7662_CLAIMS,
             "introspection_rules": ["audience"],
+            "introspection_response": "json",
         }
 
     def test_list_show_update_delete(self, cli: Cli) -> None:
@@ -290,9 +297,9 @@ class TestErrors:
                 ". _ : @ -, starting with a letter or digit\n",
             ),
             (
-                ["client", "create", "app", "--auth-method", "private_key_jwt"],
-                "keystile: unknown auth method 'private_key_jwt'; choose from "
-                "client_secret_basic, client_secret_post\n",
+                ["client", "create", "app", "--auth-method", "client_secret_jwt"],
+                "keystile: unknown auth method 'client_secret_jwt'; choose from "
+                "client_secret_basic, client_secret_post, private_key_jwt\n",
             ),
             (
                 ["client", "create", "app", "--ttl", "0"],
@@ -340,12 +347,12 @@ class TestErrors:
 @pytest.mark.process
 class TestDatabase:
     def test_db_upgrade_json(self, run_keystile: RunKeystile, tmp_path: Path) -> None:
-        """`db upgrade --json` creates the file and reports schema version 1, twice alike."""
+        """`db upgrade --json` creates the file and reports the latest schema version, twice."""
         db = tmp_path / "new.db"
         for _ in range(2):
             done = run_keystile("db", "upgrade", "--json", "--db", str(db))
             assert done.returncode == 0, done.stderr
-            assert json.loads(done.stdout) == {"db": str(db), "schema_version": 1}
+            assert json.loads(done.stdout) == {"db": str(db), "schema_version": LATEST}
         assert db.is_file()
 
     def test_python_dash_m(self, tmp_path: Path) -> None:
@@ -360,7 +367,7 @@ class TestDatabase:
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {"db": str(db), "schema_version": 1}
+        assert json.loads(done.stdout) == {"db": str(db), "schema_version": LATEST}
 
     def test_no_raw_secret_or_token_at_rest(
         self, demo_server: DemoServer, run_keystile: RunKeystile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from keystile.core.models import AUTH_METHODS, GRANT_TYPES
@@ -10,11 +11,17 @@ TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a URL path, not a secret
 INTROSPECTION_PATH = "/oauth2/introspect"
 REVOCATION_PATH = "/oauth2/revoke"
 EVENTS_PATH = "/events"
+JWKS_PATH = "/oauth2/jwks"  # RFC 8414 §2 jwks_uri: the keys our JWTs are signed with
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 
 def server_metadata(
-    issuer: str, *, scopes: frozenset[str], docs_url: str | None = None
+    issuer: str,
+    *,
+    scopes: frozenset[str],
+    docs_url: str | None = None,
+    signing_algs: Sequence[str] = (),
+    auth_signing_algs: Sequence[str] = (),
 ) -> dict[str, Any]:
     base = issuer.rstrip("/")
     methods = list(AUTH_METHODS)
@@ -34,6 +41,16 @@ def server_metadata(
         # to revocation events (Server-Sent Events, HTTP Basic as an introspecting client).
         "keystile_events_endpoint": base + EVENTS_PATH,
     }
+    if auth_signing_algs:
+        # RFC 8414 §2: the JWS algorithms accepted for private_key_jwt, per endpoint.
+        algs = list(auth_signing_algs)
+        body["token_endpoint_auth_signing_alg_values_supported"] = algs
+        body["introspection_endpoint_auth_signing_alg_values_supported"] = algs
+        body["revocation_endpoint_auth_signing_alg_values_supported"] = algs
+    body["jwks_uri"] = base + JWKS_PATH
+    if signing_algs:
+        # RFC 9701 §7: how signed introspection answers (and our access tokens) are signed.
+        body["introspection_signing_alg_values_supported"] = list(signing_algs)
     if docs_url:
         body["service_documentation"] = docs_url
     return body

@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-AuthMethod = Literal["client_secret_basic", "client_secret_post"]
-AUTH_METHODS: tuple[AuthMethod, ...] = ("client_secret_basic", "client_secret_post")
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
+AUTH_METHODS: tuple[AuthMethod, ...] = (
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",  # RFC 7523 §2.2: a JWT signed with a key from the client's JWKS
+)
 GrantType = Literal["client_credentials"]
 GRANT_TYPES: tuple[GrantType, ...] = ("client_credentials",)
 
@@ -20,6 +24,18 @@ GRANT_TYPES: tuple[GrantType, ...] = ("client_credentials",)
 #   any      - every token (for trusted infrastructure only)
 IntrospectionRule = Literal["audience", "owner", "any"]
 INTROSPECTION_RULES: tuple[IntrospectionRule, ...] = ("audience", "owner", "any")
+
+# The access tokens a client gets: opaque (introspection only) or RFC 9068 JWTs (validated
+# locally, and recorded so that introspection and revocation work for them too).
+TokenFormat = Literal["opaque", "jwt"]
+TOKEN_FORMATS: tuple[TokenFormat, ...] = ("opaque", "jwt")
+
+# How a resource server's introspection answers are shaped (RFC 9701):
+#   json         - plain JSON (RFC 7662); an Accept header asking for a JWT is disregarded
+#   jwt          - a signed JWT when Accept asks for application/token-introspection+jwt
+#   jwt-required - only signed JWTs; a request that does not accept one gets 406
+IntrospectionResponse = Literal["json", "jwt", "jwt-required"]
+INTROSPECTION_RESPONSES: tuple[IntrospectionResponse, ...] = ("json", "jwt", "jwt-required")
 
 # The claims RFC 7662 §2.2 defines besides `active`; the default allow-list.
 RFC7662_CLAIMS: tuple[str, ...] = (
@@ -50,6 +66,9 @@ class Client:
     enabled: bool
     created_at: int
     updated_at: int
+    token_format: TokenFormat = "opaque"  # noqa: S105 - a format name, not a secret
+    # private_key_jwt: the client's public keys, a JWK Set document (RFC 7517 §5) as JSON.
+    jwks: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +80,33 @@ class ResourceServer:
     rules: frozenset[str] = frozenset({"audience"})
     created_at: int = 0
     updated_at: int = 0
+    introspection_response: IntrospectionResponse = "json"
+
+
+# A signing key's life (RFC 7517 keys of the AS, for RFC 9068 tokens and RFC 9701 answers):
+#   next    - published in the JWKS ahead of use, so caches know it before it signs
+#   active  - signs new tokens and introspection responses; exactly one at a time
+#   retired - signs nothing (its private part is gone); published until not_after
+SigningKeyState = Literal["next", "active", "retired"]
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One of the AS's signing keys as stored: the private JWK only encrypted (see
+    core/signing_keys.py), and none at all once retired."""
+
+    kid: str
+    alg: str
+    state: SigningKeyState
+    public_jwk: str  # JSON
+    private_jwk_enc: bytes | None = field(repr=False)
+    created_at: int
+    activated_at: int | None = None
+    retired_at: int | None = None
+    not_after: int = 0  # a retired key is published while now < not_after
+
+    def is_published(self, now: int) -> bool:
+        return self.state != "retired" or now < self.not_after
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,15 +16,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from keystile.clock import Clock, SystemClock
+from keystile.core.client_assertion import ASSERTION_ALGS
 from keystile.core.metadata import (
     EVENTS_PATH,
     INTROSPECTION_PATH,
+    JWKS_PATH,
     METADATA_PATH,
     REVOCATION_PATH,
     TOKEN_PATH,
     server_metadata,
 )
-from keystile.errors import KeystileError
+from keystile.errors import ConfigurationError, KeystileError
 from keystile.events.bus import EventBus
 from keystile.server.endpoints import OAuthEndpoints
 from keystile.server.events import EventStream
@@ -32,6 +34,9 @@ from keystile.server.http import Receive, Scope, Send
 from keystile.server.metrics import ServerMetrics
 from keystile.settings import ServerSettings
 from keystile.store.base import Store
+
+if TYPE_CHECKING:
+    from keystile.server.shared_throttle import RedisFailureThrottle
 
 log = logging.getLogger("keystile.server")
 
@@ -41,11 +46,48 @@ def open_store(settings: ServerSettings) -> Store:
     from keystile.store.sqlite import SQLiteStore
 
     db = settings.db
-    if db.startswith(("postgres://", "postgresql://")):
-        raise KeystileError("PostgreSQL is not supported by this version; use a SQLite path")
+    if settings.uses_postgres:
+        return _open_postgres(settings)
     if db.startswith("sqlite:///"):
         db = db[len("sqlite:///") :]
     return SQLiteStore(db)
+
+
+# -- scale-out (issue 5): PostgreSQL store and Redis-shared throttling ---------------------
+
+
+def _open_postgres(settings: ServerSettings) -> Store:
+    try:
+        from keystile.store.postgres import PostgresStore
+    except ImportError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return PostgresStore(
+        settings.db,
+        pool_size=settings.db_pool_size,
+        acquire_timeout=settings.db_acquire_timeout,
+        query_timeout=settings.db_query_timeout,
+        max_waiting=settings.db_max_waiting,
+    )
+
+
+def _shared_throttle(settings: ServerSettings, clock: Clock) -> RedisFailureThrottle | None:
+    """The Redis-shared throttle when ``redis_url`` is set (None: in-process counts)."""
+    if settings.redis_url is None:
+        return None
+    try:
+        from keystile.server.shared_throttle import RedisFailureThrottle
+    except ImportError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return RedisFailureThrottle(
+        settings.redis_url,
+        clock,
+        limit=settings.throttle_failures,
+        window=settings.throttle_window,
+        prefix=f"{settings.redis_prefix}:throttle",
+    )
+
+
+# ------------------------------------------------------------------------------------------
 
 
 class KeystileApp:
@@ -95,14 +137,32 @@ def create_app(
     the_store: Store = store if store is not None else open_store(settings)
     the_clock = clock or SystemClock()
     the_metrics = metrics or ServerMetrics()
-    endpoints = OAuthEndpoints(settings, the_store, the_clock, the_metrics)
+    shared_throttle = _shared_throttle(settings, the_clock)
+    endpoints = OAuthEndpoints(
+        settings, the_store, the_clock, the_metrics, throttle=shared_throttle
+    )
     bus = EventBus(the_store)
     endpoints.on_event = bus.notify  # wake the bus at once for this process's own writes
 
     async def metadata(request: Request) -> Response:
-        body = server_metadata(settings.effective_issuer, scopes=await the_store.all_scopes())
+        ring = await endpoints.signing.ready()
+        body = server_metadata(
+            settings.effective_issuer,
+            scopes=await the_store.all_scopes(),
+            signing_algs=ring.signing_algs(),
+            auth_signing_algs=ASSERTION_ALGS,
+        )
         # Public and stable: caches may keep it for a while.
         return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
+
+    async def jwks(request: Request) -> Response:
+        # RFC 7517 §5: next, active and still-needed retired keys. Public; caches may keep
+        # it for jwks_max_age, so make a next key at least that long before rotating to it.
+        ring = await endpoints.signing.ready()
+        return JSONResponse(
+            ring.jwks(the_clock.now()),
+            headers={"Cache-Control": f"public, max-age={settings.jwks_max_age}"},
+        )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
@@ -116,7 +176,12 @@ def create_app(
                 status_code=503,
                 headers={"Cache-Control": "no-store", "Retry-After": "1"},
             )
-        return JSONResponse({"status": "ok", "store": "ok"}, headers={"Cache-Control": "no-store"})
+        body = {"status": "ok", "store": "ok"}
+        if shared_throttle is not None:
+            # Degraded, not unready: without Redis throttling counts per process, and every
+            # answer stays right.
+            body["redis"] = shared_throttle.state
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(the_metrics.render(), media_type=the_metrics.content_type)
@@ -143,6 +208,12 @@ def create_app(
         # Everything allocated so far lives as long as the process: keep it out of the
         # cyclic collector's full passes, which otherwise walk it again and again.
         await bus.start()
+        if shared_throttle is not None:
+            await shared_throttle.start()
+        try:
+            await endpoints.signing.start()  # the first start makes a signing key
+        except KeystileError as exc:
+            log.warning("signing keys not loaded; retrying on first use", extra={"error": str(exc)})
         gc.freeze()
         purge: asyncio.Task[None] | None = None
         if settings.purge_interval > 0:
@@ -155,12 +226,15 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await purge
             await bus.stop()
+            if shared_throttle is not None:
+                await shared_throttle.stop()
             if owns_store:
                 await the_store.close()
 
     fallback = Starlette(
         routes=[
             Route(METADATA_PATH, metadata, methods=["GET"]),
+            Route(JWKS_PATH, jwks, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),

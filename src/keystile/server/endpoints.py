@@ -12,20 +12,31 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from keystile.clock import Clock
+from keystile.core.client_assertion import (
+    LEEWAY,
+    extract_assertion,
+    has_assertion,
+    parse_client_jwks,
+    verify_assertion,
+)
 from keystile.core.client_auth import check_client, extract_credentials, invalid_client
 from keystile.core.forms import Form, parse_form
 from keystile.core.introspection import introspection_response
-from keystile.core.issuance import client_credentials_grant
+from keystile.core.issuance import TokenGrant, client_credentials_grant
+from keystile.core.jwt_introspection import JWT_MEDIA_TYPE, introspection_jwt, response_shape
+from keystile.core.jwt_profile import looks_like_jwt, published_until, sign_access_token
+from keystile.core.metadata import TOKEN_PATH
 from keystile.core.models import Client, ResourceServer, TokenRecord
 from keystile.core.scope import format_scope
 from keystile.core.tokens import new_access_token, new_jti, token_hash, token_kind
 from keystile.errors import (
     IntrospectionForbidden,
     InvalidRequest,
+    InvalidTarget,
     MethodNotAllowed,
     OAuthError,
     StoreUnavailable,
@@ -38,12 +49,14 @@ from keystile.server.http import (
     Receive,
     Scope,
     Send,
+    header,
     read_body,
     send_json,
 )
+from keystile.server.keys import SigningKeys
 from keystile.server.logs import request_id
 from keystile.server.metrics import ServerMetrics
-from keystile.server.throttle import FailureThrottle
+from keystile.server.throttle import FailureThrottle, Throttle
 from keystile.settings import ServerSettings
 from keystile.store.base import Store
 
@@ -129,6 +142,8 @@ class CallerCache:
 def credential_key(authorization: str | None, form: Form) -> bytes | None:
     """A digest naming the exact credentials of a request, or None for unusual shapes
     (those take the full authentication path, which also reports their errors)."""
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return None  # private_key_jwt (RFC 7523): every assertion is single-use, never cached
     if "client_secret" in form:
         if authorization is not None:
             return None
@@ -152,6 +167,7 @@ class OAuthEndpoints:
         store: Store,
         clock: Clock,
         metrics: ServerMetrics,
+        throttle: Throttle | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -159,12 +175,17 @@ class OAuthEndpoints:
         self.metrics = metrics
         self.issuer = settings.effective_issuer
         self.max_body = settings.max_body_bytes
-        self.throttle = FailureThrottle(
-            clock, limit=settings.throttle_failures, window=settings.throttle_window
-        )
+        # In-process counts unless a shared throttle is given (Redis: shared_throttle.py).
+        if throttle is None:
+            throttle = FailureThrottle(
+                clock, limit=settings.throttle_failures, window=settings.throttle_window
+            )
+        self.throttle: Throttle = throttle
         self.log_success = settings.access_log
         self.callers = CallerCache()
         self.on_event: Callable[[], None] = _nothing  # set by the app: wakes the event bus
+        self.signing = SigningKeys(settings, store, clock)  # RFC 9068, RFC 9701
+        self._client_jwks: dict[str, Any] = {}  # private_key_jwt: parsed JWK Sets by text
 
     # -- the shared request cycle ---------------------------------------------------------
 
@@ -243,6 +264,8 @@ class OAuthEndpoints:
                             }
                         )
                         await send({"type": "http.response.body", "body": b""})
+                    elif type(payload) is SignedAnswer:
+                        await _send_signed(send, status, payload, rid_header)
                     else:
                         await send_json(send, status, payload, extra=[rid_header])
             except ClientDisconnected:
@@ -278,6 +301,8 @@ class OAuthEndpoints:
 
     async def authenticate(self, call: Call) -> Client:
         """RFC 6749 §2.3: authenticate the calling client, throttling repeated failures."""
+        if has_assertion(call.form):
+            return await self._authenticate_assertion(call)  # RFC 7523 §2.2
         creds = extract_credentials(call.authorization, call.form)
         if creds is None:
             raise invalid_client("client authentication required")
@@ -318,6 +343,8 @@ class OAuthEndpoints:
             known_resources=await self.store.known_resources(),
         )
         now = self.clock.now()
+        if client.token_format == "jwt":  # noqa: S105 - a format name, not a secret
+            return await self._issue_jwt(client, grant, now)  # RFC 9068
         value = new_access_token()
         record = TokenRecord(
             token_hash=token_hash(value),
@@ -366,7 +393,12 @@ class OAuthEndpoints:
         digest = None
         if token is not None and token_kind(token) in ("access_token", "refresh_token"):
             digest = token_hash(token)
-        version, record = await self.store.lookup_token(digest)
+        if digest is None and token is not None and looks_like_jwt(token):
+            # RFC 9068: a JWT is ours only if a key we publish signed it for our issuer,
+            # checked before the lookup; anything else is inactive without a token lookup.
+            version, record = await self.signing.lookup(token)
+        else:
+            version, record = await self.store.lookup_token(digest)
         key = credential_key(call.authorization, form)
         cached = self.callers.get(key, version) if key is not None else None
         if cached is not None and self.throttle.active:
@@ -390,6 +422,8 @@ class OAuthEndpoints:
             raise InvalidRequest("missing parameter: token")
         body = introspection_response(record, caller=rs, now=self.clock.now(), issuer=self.issuer)
         (self.metrics.active if body["active"] else self.metrics.inactive).inc()
+        if rs.introspection_response != "json":
+            return await self._signed_answer(call, rs, caller, body, version)  # RFC 9701
         return 200, body
 
     async def revoke(self, call: Call) -> Result:
@@ -403,7 +437,10 @@ class OAuthEndpoints:
         # left alone and also answered 200 (§2.1 lets us refuse; answering the same as for an
         # unknown token tells a caller nothing about tokens that are not its own).
         kind = token_kind(token)
-        if kind in ("access_token", "refresh_token") and await self.store.revoke_token(
+        # A JWT access token is revoked by its digest like an opaque token: only a token in
+        # our store, issued to this client, is affected, so no signature check is needed.
+        revocable = kind in ("access_token", "refresh_token") or looks_like_jwt(token)
+        if revocable and await self.store.revoke_token(
             token_hash(token), client.client_id, self.clock.now()
         ):
             self.metrics.revocations.inc()
@@ -416,6 +453,158 @@ class OAuthEndpoints:
                 },
             )
         return 200, _NO_BODY
+
+    # -- JWT access tokens, signed introspection answers, private_key_jwt (issue 4) ----------
+
+    async def _issue_jwt(self, client: Client, grant: TokenGrant, now: int) -> Result:
+        """An RFC 9068 JWT access token, recorded by digest and jti like an opaque one."""
+        if not grant.aud:
+            # RFC 9068 §2.2: aud is REQUIRED; a JWT for nobody in particular is refused.
+            raise InvalidTarget(
+                "a JWT access token needs an audience: send resource, or give the client a "
+                "default audience"
+            )
+        signer = await self.signing.signer()
+        draft = TokenRecord(
+            token_hash=b"",
+            kind="access_token",
+            client_id=client.client_id,
+            scope=grant.scope,
+            aud=grant.aud,
+            iat=now,
+            nbf=now,
+            exp=now + grant.ttl,
+            jti=new_jti(),
+            sub=client.client_id,  # client_credentials: the client acts for itself
+        )
+        value = sign_access_token(draft, issuer=self.issuer, signer=signer)
+        record = replace(draft, token_hash=token_hash(value))
+        # We signed these very bytes: this process need not verify them at introspection.
+        self.signing.ring.remember(record.token_hash, signer.kid)
+        # The key stays published until this token expires (rounded up; see the migration).
+        await self.store.insert_jwt_token(record, signer.kid, published_until(record.exp))
+        self.metrics.tokens_issued.labels("client_credentials").inc()
+        log.info(
+            "token issued",
+            extra={
+                "client_id": client.client_id,
+                "jti": record.jti,
+                "scope": format_scope(grant.scope),
+                "aud": list(grant.aud),
+                "kid": signer.kid,
+            },
+        )
+        body: dict[str, Any] = {
+            "access_token": value,
+            "token_type": "Bearer",
+            "expires_in": grant.ttl,
+        }
+        if grant.scope:
+            body["scope"] = format_scope(grant.scope)
+        return 200, body
+
+    async def _signed_answer(
+        self,
+        call: Call,
+        rs: ResourceServer,
+        caller: Client,
+        body: dict[str, Any],
+        version: int,
+    ) -> Result:
+        """RFC 9701: the answer as a signed JWT when the caller asks (or must) for one."""
+        shape = response_shape(rs.introspection_response, header(call.scope, b"accept"))
+        if shape == "json":
+            return 200, body
+        signer = await self.signing.signer(version)
+        jwt = introspection_jwt(
+            body, issuer=self.issuer, audience=caller.client_id, now=self.clock.now(), signer=signer
+        )
+        return 200, SignedAnswer(jwt.encode("ascii"))
+
+    async def _authenticate_assertion(self, call: Call) -> Client:
+        """private_key_jwt (RFC 7523 §2.2): never cached, since each assertion is single-use."""
+        assertion = extract_assertion(call.authorization, call.form)
+        keys = ("c:" + assertion.client_id, "a:" + call.source)
+        wait = self.throttle.retry_after(*keys)
+        if wait:
+            raise TooManyRequests(wait)
+        client = await self.store.get_client(assertion.client_id)
+        try:
+            if (
+                client is None
+                or not client.enabled
+                or client.auth_method != "private_key_jwt"
+                or client.jwks is None
+            ):
+                raise invalid_client()
+            verified = verify_assertion(
+                assertion,
+                client,
+                self._client_keys(client),
+                audiences=self._assertion_audiences(call),
+                now=self.clock.now(),
+            )
+            # RFC 7523 §3 item 7: one use per jti; kept until the assertion could not pass
+            # the exp check anyway. The store's unique key settles concurrent replays.
+            if not await self.store.record_assertion_jti(
+                client.client_id, verified.jti, verified.exp + LEEWAY
+            ):
+                raise invalid_client("client assertion was used before (RFC 7523 section 3)")
+        except OAuthError:
+            self.throttle.failed(*keys)
+            who = (
+                {"client_id": client.client_id}
+                if client is not None
+                else {"unknown_client_sha256": token_hash(assertion.client_id).hex()[:16]}
+            )
+            log.warning(
+                "client authentication failed",
+                extra={**who, "source": call.source, "method": "private_key_jwt"},
+            )
+            raise
+        return client
+
+    def _client_keys(self, client: Client) -> Any:
+        """The client's registered JWK Set, parsed once per distinct document."""
+        text = client.jwks or ""
+        keys = self._client_jwks.get(text)
+        if keys is None:
+            try:
+                keys = parse_client_jwks(text)
+            except ValueError as exc:
+                log.error(
+                    "registered JWKS unusable",
+                    extra={"client_id": client.client_id, "error": str(exc)},
+                )
+                raise invalid_client() from None
+            if len(self._client_jwks) >= 1024:
+                self._client_jwks.clear()
+            self._client_jwks[text] = keys
+        return keys
+
+    def _assertion_audiences(self, call: Call) -> frozenset[str]:
+        # RFC 7523 §3 item 3: the issuer identifies us; the token endpoint URL may; and so
+        # does the URL of the endpoint being called (common for introspection, revocation).
+        base = self.issuer.rstrip("/")
+        return frozenset({self.issuer, base + TOKEN_PATH, base + str(call.scope["path"])})
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnswer:
+    """An RFC 9701 answer: a compact JWS sent as application/token-introspection+jwt."""
+
+    jwt: bytes
+
+
+_SIGNED_HEADERS = [(b"content-type", JWT_MEDIA_TYPE.encode()), *NO_STORE_HEADERS[1:]]
+
+
+async def _send_signed(
+    send: Send, status: int, answer: SignedAnswer, rid_header: tuple[bytes, bytes]
+) -> None:
+    headers = [*_SIGNED_HEADERS, (b"content-length", str(len(answer.jwt)).encode()), rid_header]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.jwt})
 
 
 def _nothing() -> None:

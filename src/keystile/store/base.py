@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from keystile.core.models import Client, ResourceServer, TokenRecord
+from keystile.core.models import Client, ResourceServer, SigningKey, TokenRecord
 
 # Event types written to the durable log (ARCHITECTURE.md, decision 4).
 TOKEN_REVOKED = "token_revoked"  # noqa: S105 - an event name
@@ -91,3 +91,34 @@ class Store(Protocol):
     async def purge(
         self, now: int, *, token_grace: int, event_retention: int, batch: int = 500
     ) -> PurgeResult: ...
+
+    # -- signing keys, JWT access tokens, client assertions (RFC 9068, RFC 7523) ----------------
+    async def list_signing_keys(self) -> list[SigningKey]:
+        """Every signing key, in creation order (there are only a handful)."""
+        ...
+
+    async def insert_signing_key(self, key: SigningKey) -> None:
+        """Store a new key; Conflict if its kid exists or it would be a second active key."""
+        ...
+
+    async def activate_signing_key(self, kid: str, now: int, *, retired_until: int) -> None:
+        """Make a ``next`` key the active one and retire the active key, in one transaction;
+        the retired key stays published at least until ``retired_until``.
+
+        NotFound for an unknown kid; Conflict if the key is not ``next``.
+        """
+        ...
+
+    async def retire_signing_key(self, kid: str, now: int, *, immediately: bool = False) -> None:
+        """Retire a ``next`` (or re-retire a retired) key; ``immediately`` also ends its
+        publication now. NotFound for an unknown kid; Conflict for the active key."""
+        ...
+
+    async def insert_jwt_token(self, record: TokenRecord, kid: str, not_after: int) -> None:
+        """Record a JWT access token signed by ``kid`` and, in the same transaction, raise
+        that key's ``not_after`` to ``not_after`` if it is below the token's ``exp``."""
+        ...
+
+    async def record_assertion_jti(self, client_id: str, jti: str, expires_at: int) -> bool:
+        """Remember a client assertion's jti until it expires; False if it was seen before."""
+        ...

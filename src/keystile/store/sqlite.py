@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from keystile.core.models import Client, ResourceServer, TokenRecord
+from keystile.core.models import Client, ResourceServer, SigningKey, TokenRecord
 from keystile.errors import StoreUnavailable
 from keystile.store.base import (
     CLIENT_DELETED,
@@ -53,7 +53,7 @@ _LOOKUP_SQL = (
 )
 _CLIENT_COLUMNS = (
     "client_id, name, secret_hash, auth_method, grant_types, scopes, default_audience, "
-    "access_token_ttl, enabled, created_at, updated_at"
+    "access_token_ttl, enabled, created_at, updated_at, token_format, jwks"
 )
 
 
@@ -107,6 +107,27 @@ def _client_from_row(row: tuple[Any, ...]) -> Client:
         enabled=bool(row[8]),
         created_at=row[9],
         updated_at=row[10],
+        token_format=row[11],
+        jwks=row[12],
+    )
+
+
+_KEY_COLUMNS = (
+    "kid, alg, state, public_jwk, private_jwk_enc, created_at, activated_at, retired_at, not_after"
+)
+
+
+def _key_from_row(row: tuple[Any, ...]) -> SigningKey:
+    return SigningKey(
+        kid=row[0],
+        alg=row[1],
+        state=row[2],
+        public_jwk=row[3],
+        private_jwk_enc=None if row[4] is None else bytes(row[4]),
+        created_at=row[5],
+        activated_at=row[6],
+        retired_at=row[7],
+        not_after=row[8],
     )
 
 
@@ -299,7 +320,7 @@ class SQLiteStore:
             ).fetchone():
                 raise Conflict(f"client {client.client_id!r} exists already")
             c.execute(
-                f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _client_params(client),
             )
 
@@ -329,9 +350,15 @@ class SQLiteStore:
         def fn(c: sqlite3.Connection) -> None:
             cur = c.execute(
                 "UPDATE clients SET name=?, secret_hash=?, auth_method=?, grant_types=?, scopes=?,"
-                " default_audience=?, access_token_ttl=?, enabled=?, updated_at=?"
-                " WHERE client_id=?",
-                (*_client_params(client)[1:9], client.updated_at, client.client_id),
+                " default_audience=?, access_token_ttl=?, enabled=?, updated_at=?,"
+                " token_format=?, jwks=? WHERE client_id=?",
+                (
+                    *_client_params(client)[1:9],
+                    client.updated_at,
+                    client.token_format,
+                    client.jwks,
+                    client.client_id,
+                ),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no client {client.client_id!r}")
@@ -382,7 +409,7 @@ class SQLiteStore:
                 raise Conflict(f"resource server {rs.identifier!r} exists already")
             c.execute(
                 "INSERT INTO resource_servers (identifier, name, claims, rules, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?)",
+                " updated_at, introspection_response) VALUES (?,?,?,?,?,?,?)",
                 (
                     rs.identifier,
                     rs.name,
@@ -390,6 +417,7 @@ class SQLiteStore:
                     _join(rs.rules),
                     rs.created_at,
                     rs.updated_at,
+                    rs.introspection_response,
                 ),
             )
             _set_rs_clients(c, rs)
@@ -399,9 +427,16 @@ class SQLiteStore:
     async def update_resource_server(self, rs: ResourceServer) -> None:
         def fn(c: sqlite3.Connection) -> None:
             cur = c.execute(
-                "UPDATE resource_servers SET name=?, claims=?, rules=?, updated_at=?"
-                " WHERE identifier=?",
-                (rs.name, _join(rs.claims), _join(rs.rules), rs.updated_at, rs.identifier),
+                "UPDATE resource_servers SET name=?, claims=?, rules=?, updated_at=?,"
+                " introspection_response=? WHERE identifier=?",
+                (
+                    rs.name,
+                    _join(rs.claims),
+                    _join(rs.rules),
+                    rs.updated_at,
+                    rs.introspection_response,
+                    rs.identifier,
+                ),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no resource server {rs.identifier!r}")
@@ -422,7 +457,7 @@ class SQLiteStore:
         rows = self._query(
             "SELECT rs.identifier, rs.name, rs.claims, rs.rules, rs.created_at, rs.updated_at,"
             " (SELECT group_concat(client_id, ' ') FROM resource_server_clients rsc"
-            "   WHERE rsc.identifier = rs.identifier)"
+            "   WHERE rsc.identifier = rs.identifier), rs.introspection_response"
             f" FROM resource_servers rs {where} ORDER BY rs.identifier",
             params,
         )
@@ -435,6 +470,7 @@ class SQLiteStore:
                 created_at=r[4],
                 updated_at=r[5],
                 introspection_clients=_split(r[6] or ""),
+                introspection_response=r[7],
             )
             for r in rows
         ]
@@ -642,7 +678,127 @@ class SQLiteStore:
             if n < batch:
                 break
             await asyncio.sleep(0)
+        await self._purge_assertion_jtis(now, batch)
         return PurgeResult(tokens=tokens, events=events)
+
+    # -- signing keys, JWT access tokens, client assertions (RFC 9068, RFC 7523) ----------------
+
+    async def list_signing_keys(self) -> list[SigningKey]:
+        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid")
+        return [_key_from_row(r) for r in rows]
+
+    async def insert_signing_key(self, key: SigningKey) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    key.kid,
+                    key.alg,
+                    key.state,
+                    key.public_jwk,
+                    key.private_jwk_enc,
+                    key.created_at,
+                    key.activated_at,
+                    key.retired_at,
+                    key.not_after,
+                ),
+            )
+
+        await self._write(fn)
+
+    async def activate_signing_key(self, kid: str, now: int, *, retired_until: int) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT state FROM signing_keys WHERE kid = ?", (kid,)).fetchone()
+            if row is None:
+                raise NotFound(f"no signing key {kid!r}")
+            if row[0] != "next":
+                raise Conflict(f"signing key {kid!r} is {row[0]}; only a next key can be activated")
+            # The private part of a retired key is dropped: it must never sign again.
+            c.execute(
+                "UPDATE signing_keys SET state = 'retired', retired_at = ?, private_jwk_enc = NULL,"
+                " not_after = max(not_after, ?) WHERE state = 'active'",
+                (now, retired_until),
+            )
+            c.execute(
+                "UPDATE signing_keys SET state = 'active', activated_at = ? WHERE kid = ?",
+                (now, kid),
+            )
+
+        await self._write(fn)
+
+    async def retire_signing_key(self, kid: str, now: int, *, immediately: bool = False) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT state FROM signing_keys WHERE kid = ?", (kid,)).fetchone()
+            if row is None:
+                raise NotFound(f"no signing key {kid!r}")
+            if row[0] == "active":
+                raise Conflict(f"signing key {kid!r} is active; rotate to another key first")
+            # A next key never signed anything, so nobody needs it published any longer.
+            end = now if immediately or row[0] == "next" else None
+            c.execute(
+                "UPDATE signing_keys SET state = 'retired', private_jwk_enc = NULL,"
+                " retired_at = coalesce(retired_at, ?), not_after = coalesce(?, not_after)"
+                " WHERE kid = ?",
+                (now, end, kid),
+            )
+
+        await self._write(fn)
+
+    async def insert_jwt_token(self, record: TokenRecord, kid: str, not_after: int) -> None:
+        params = (
+            record.token_hash,
+            record.kind,
+            record.client_id,
+            _join(record.scope),
+            " ".join(record.aud),
+            record.iat,
+            record.nbf,
+            record.exp,
+            record.jti,
+            record.sub,
+            record.username,
+            record.grant_id,
+            record.revoked_at,
+        )
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", params
+            )
+            # Rarely writes: only when this token outlives the key's rounded-up not_after.
+            c.execute(
+                "UPDATE signing_keys SET not_after = ? WHERE kid = ? AND not_after < ?",
+                (not_after, kid, record.exp),
+            )
+
+        await self._write(fn)
+
+    async def record_assertion_jti(self, client_id: str, jti: str, expires_at: int) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "INSERT INTO client_assertion_jtis (client_id, jti, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (client_id, jti) DO NOTHING",
+                (client_id, jti, expires_at),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(fn)
+
+    async def _purge_assertion_jtis(self, now: int, batch: int) -> int:
+        def fn(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "DELETE FROM client_assertion_jtis WHERE (client_id, jti) IN (SELECT client_id,"
+                " jti FROM client_assertion_jtis WHERE expires_at < ? LIMIT ?)",
+                (now, batch),
+            ).rowcount
+
+        total = 0
+        while True:
+            n = await self._write(fn)
+            total += n
+            if n < batch:
+                return total
+            await asyncio.sleep(0)
 
 
 def _client_params(client: Client) -> tuple[Any, ...]:
@@ -658,6 +814,8 @@ def _client_params(client: Client) -> tuple[Any, ...]:
         int(client.enabled),
         client.created_at,
         client.updated_at,
+        client.token_format,
+        client.jwks,
     )
 
 
