@@ -24,10 +24,16 @@ from collections.abc import Callable
 from keystile.resource.principal import Principal
 
 MISS = object()  # sentinel: nothing usable cached
+_sha256 = hashlib.sha256
 
 
 def cache_key(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    # Strict UTF-8 is the fast path and gives the same bytes whenever it succeeds; only a
+    # string with lone surrogates needs surrogateescape (the hot path: ~100 ns saved).
+    try:
+        return _sha256(token.encode()).digest()
+    except UnicodeEncodeError:
+        return _sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class TokenCache:
@@ -79,6 +85,21 @@ class TokenCache:
                 return principal
         self.misses += 1
         return MISS
+
+    def get_stale(self, key: bytes, max_age: float) -> Principal | None:
+        """A positive entry cached less than ``max_age`` seconds ago, even past its TTL,
+        but never past the token's ``exp``; None otherwise.
+
+        Only for answering while the AS cannot: an entry a revocation event evicted, or one
+        a later "inactive" answer replaced, is gone, so it is never served stale.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry[2] is None or self._clock() - entry[1] >= max_age:
+            return None
+        principal = entry[2]
+        if principal.exp is not None and principal.exp <= self._wall():
+            return None
+        return principal
 
     def put(self, key: bytes, principal: Principal | None) -> None:
         now = self._clock()

@@ -23,11 +23,72 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
+    from keystile.resource.cache import TokenCache
     from keystile.resource.introspector import TokenValidator
+    from keystile.resource.revoked import RevokedTokens
 
 log = logging.getLogger("keystile.resource")
 
 _KNOWN = frozenset({"token_revoked", "client_disabled", "client_deleted", "reset", "ready"})
+
+
+class EventParser:
+    """Server-Sent Events framing: feed it lines, get back each complete event's fields."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, str] = {}
+
+    def feed(self, line: str) -> dict[str, str] | None:
+        if line == "":
+            fields, self._fields = self._fields, {}
+            return fields if "event" in fields or "data" in fields else None
+        if not line.startswith(":"):  # ":" starts a keepalive comment
+            name, _, value = line.partition(":")
+            self._fields[name] = value[1:] if value.startswith(" ") else value
+        return None
+
+
+def apply_event(
+    cache: TokenCache,
+    event: str,
+    data_text: str | None,
+    revoked: RevokedTokens | None = None,
+) -> None:
+    """Apply one event of the AS's stream to a cache (the table in docs/events.md).
+
+    ``revoked`` also records revocations, for tokens validated locally (JWTs), which an
+    eviction alone would not stop.
+
+    Shared by the asyncio client below and the sync client's thread, which calls it under
+    its cache lock.
+    """
+    try:
+        parsed: Any = json.loads(data_text or "{}")
+    except ValueError:
+        parsed = None
+    data: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+    if event == "token_revoked":
+        if revoked is not None:
+            revoked.token_revoked(data)
+        digest = data.get("token_sha256")
+        try:
+            cache.evict(bytes.fromhex(digest)) if isinstance(digest, str) else cache.clear()
+        except ValueError:
+            cache.clear()
+    elif event in ("client_disabled", "client_deleted"):
+        if revoked is not None:
+            revoked.client_revoked(data)
+        client_id = data.get("client_id")
+        if isinstance(client_id, str):
+            cache.evict_client(client_id)
+        else:
+            cache.clear()
+    elif event == "ready":
+        cache.stream_connected = True
+    elif event == "reset" or event not in _KNOWN:
+        # Something we cannot apply precisely (a gap, or a newer AS's event type):
+        # forgetting everything is always safe.
+        cache.clear()
 
 
 class EventStreamClient:
@@ -86,44 +147,17 @@ class EventStreamClient:
                     f"event stream answered {r.status_code}", request=r.request, response=r
                 )
             self.connects += 1
-            fields: dict[str, str] = {}
+            parser = EventParser()
             async for line in r.aiter_lines():
-                if line == "":
-                    if "event" in fields or "data" in fields:
-                        self._apply(fields)
-                    fields = {}
-                elif line.startswith(":"):
-                    continue  # keepalive comment
-                else:
-                    name, _, value = line.partition(":")
-                    fields[name] = value[1:] if value.startswith(" ") else value
+                fields = parser.feed(line)
+                if fields is not None:
+                    self._apply(fields)
 
     def _apply(self, fields: dict[str, str]) -> None:
         event = fields.get("event", "message")
-        try:
-            data: dict[str, Any] = json.loads(fields.get("data") or "{}")
-        except ValueError:
-            data = {}
-        cache = self.cache
-        if event == "token_revoked":
-            digest = data.get("token_sha256")
-            try:
-                cache.evict(bytes.fromhex(digest)) if isinstance(digest, str) else cache.clear()
-            except ValueError:
-                cache.clear()
-        elif event in ("client_disabled", "client_deleted"):
-            client_id = data.get("client_id")
-            if isinstance(client_id, str):
-                cache.evict_client(client_id)
-            else:
-                cache.clear()
-        elif event == "ready":
-            cache.stream_connected = True
+        apply_event(self.cache, event, fields.get("data"), self.validator.revoked)
+        if event == "ready":
             self.connected.set()
-        elif event == "reset" or event not in _KNOWN:
-            # Something we cannot apply precisely (a gap, or a newer AS's event type):
-            # forgetting everything is always safe.
-            cache.clear()
         if "id" in fields:
             self.last_event_id = fields["id"]
         self.applied += 1

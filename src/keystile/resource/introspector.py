@@ -15,12 +15,10 @@ that evicts revoked tokens at once (``events.py``)::
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Iterable
-from typing import Any, Literal
-from urllib.parse import quote_plus
+from typing import Any
 
 import httpx
 
@@ -30,12 +28,19 @@ from keystile.errors import (
     InvalidToken,
 )
 from keystile.resource.cache import MISS, TokenCache, cache_key
+from keystile.resource.introspection import (
+    METADATA_PATH,
+    AuthMethod,
+    basic_authorization,
+    discovered_endpoints,
+    introspection_request,
+    principal_from_response,
+)
+from keystile.resource.jwt import JWTValidator, looks_like_jwt
 from keystile.resource.principal import Principal
+from keystile.resource.revoked import RevokedTokens
 
 log = logging.getLogger("keystile.resource")
-
-AuthMethod = Literal["client_secret_basic", "client_secret_post"]
-METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 
 class TokenValidator:
@@ -52,6 +57,7 @@ class TokenValidator:
         events: bool = True,
         auth_method: AuthMethod = "client_secret_basic",
         audience: str | None = None,
+        jwt: JWTValidator | bool = False,
         max_ttl: float = 60.0,
         negative_ttl: float = 5.0,
         degraded_ttl: float = 5.0,
@@ -81,6 +87,14 @@ class TokenValidator:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             trust_env=False,
         )
+        # JWT access tokens (RFC 9068) validated locally; jwt=True reads the issuer's JWKS.
+        if jwt is True:
+            if issuer is None or audience is None:
+                raise ValueError("jwt=True needs issuer and audience (RFC 9068 §4)")
+            jwt = JWTValidator(issuer=issuer, audience=audience, http=self.http)
+        self.jwt = jwt if isinstance(jwt, JWTValidator) else None
+        # Fed by the event stream: refuses locally validated tokens revoked since issuance.
+        self.revoked = RevokedTokens()
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
         self._events_task: asyncio.Task[None] | None = None
         self.introspections = 0  # calls made to the AS, for tests and metrics
@@ -89,8 +103,7 @@ class TokenValidator:
     @property
     def basic_authorization(self) -> str:
         """client_secret_basic, with the RFC 6749 §2.3.1 form-encoding before base64."""
-        raw = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
-        return "Basic " + base64.b64encode(raw.encode()).decode("ascii")
+        return basic_authorization(self.client_id, self._secret)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -113,6 +126,8 @@ class TokenValidator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._events_task
             self._events_task = None
+        if self.jwt is not None:
+            await self.jwt.close()
         if self._own_http:
             await self.http.aclose()
 
@@ -132,17 +147,13 @@ class TokenValidator:
             meta = r.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise IntrospectionUnavailable(f"cannot read AS metadata at {url}: {exc}") from exc
-        # RFC 8414 §3.3: the metadata must name the issuer it was fetched for.
-        if not isinstance(meta, dict) or str(meta.get("issuer", "")).rstrip("/") != self.issuer:
-            raise IntrospectionUnavailable(f"AS metadata at {url} names another issuer")
-        endpoint = meta.get("introspection_endpoint")
-        if self.introspection_endpoint is None:
-            if not isinstance(endpoint, str):
-                raise IntrospectionUnavailable("the AS metadata has no introspection_endpoint")
-            self.introspection_endpoint = endpoint
-        events = meta.get("keystile_events_endpoint")
-        if self.events_endpoint is None and isinstance(events, str):
-            self.events_endpoint = events
+        self.introspection_endpoint, self.events_endpoint = discovered_endpoints(
+            meta,
+            issuer=self.issuer,
+            url=url,
+            introspection_endpoint=self.introspection_endpoint,
+            events_endpoint=self.events_endpoint,
+        )
 
     # -- validation -------------------------------------------------------------------------
 
@@ -150,19 +161,29 @@ class TokenValidator:
         """The cached answer for a token without any I/O: a Principal, None, or MISS."""
         return self.cache.get(cache_key(token))
 
-    async def validate(self, token: str) -> Principal:
+    async def validate(self, token: str, *, realtime: bool = False) -> Principal:
         """The principal of an active token; InvalidToken otherwise (RFC 6750 §3.1).
 
-        Raises IntrospectionUnavailable when the AS cannot answer: fail closed, but do not
-        call the token bad.
+        With ``jwt`` configured, a JWT access token (RFC 9068) is validated locally and
+        others are introspected. ``realtime=True`` asks the AS now, even for a JWT and
+        whatever is cached, and caches its answer. Raises IntrospectionUnavailable when the
+        AS cannot answer: fail closed, but do not call the token bad.
         """
         key = cache_key(token)
-        found = self.cache.get(key)
-        if found is MISS:
-            found = await self._introspect_once(key, token)
-        if found is None:
+        if realtime:
+            found: Principal | object | None = await self._introspect_once(key, token)
+        else:
+            found = self.cache.get(key)
+            if found is MISS:
+                if self.revoked.has_hash(key):
+                    # The event stream reported this very token revoked: no need to ask.
+                    raise InvalidToken("the access token is not active")
+                if self.jwt is not None and looks_like_jwt(token):
+                    found = await self._validate_jwt(key, token)
+                else:
+                    found = await self._introspect_once(key, token)
+        if not isinstance(found, Principal):  # None: inactive (MISS was answered above)
             raise InvalidToken("the access token is not active")
-        assert isinstance(found, Principal)
         if self.audience is not None and self.audience not in found.aud:
             raise InvalidToken("the access token is not meant for this resource")
         return found
@@ -170,9 +191,21 @@ class TokenValidator:
     @staticmethod
     def require(principal: Principal, scopes: Iterable[str] = ()) -> None:
         """Raise InsufficientScope (403, RFC 6750 §3.1) unless every scope was granted."""
+        if isinstance(scopes, frozenset) and principal.scopes >= scopes:
+            return  # the hot path: a route's scopes are a frozenset already
         needed = frozenset(scopes)
         if not principal.scopes.issuperset(needed):
             raise InsufficientScope(" ".join(sorted(needed)))
+
+    async def _validate_jwt(self, key: bytes, token: str) -> Principal:
+        """Local RFC 9068 validation, then the revocations the event stream reported."""
+        assert self.jwt is not None
+        principal = await self.jwt.validate(token)
+        # Checked after the await: an event may have come in while the keys were fetched.
+        if self.revoked.is_revoked(key, principal):
+            raise InvalidToken("the access token is not active")
+        self.cache.put(key, principal)
+        return principal
 
     async def _introspect_once(self, key: bytes, token: str) -> Principal | None:
         """Single-flight: concurrent misses for one token share one AS call."""
@@ -198,7 +231,9 @@ class TokenValidator:
             future.exception()  # mark retrieved: there may be no waiter
             raise
         else:
-            self.cache.put(key, principal)
+            # A revocation event may have arrived while we asked: keep its word, not ours.
+            if principal is None or not self.revoked.is_revoked(key, principal):
+                self.cache.put(key, principal)
             future.set_result(principal)
             return principal
         finally:
@@ -209,26 +244,15 @@ class TokenValidator:
         if self.introspection_endpoint is None:
             await self._discover()
         assert self.introspection_endpoint is not None
-        data = {"token": token, "token_type_hint": "access_token"}
-        headers = {"accept": "application/json"}
-        if self.auth_method == "client_secret_post":
-            data.update(client_id=self.client_id, client_secret=self._secret)
-        else:
-            headers["authorization"] = self.basic_authorization
+        data, headers = introspection_request(
+            token,
+            client_id=self.client_id,
+            client_secret=self._secret,
+            auth_method=self.auth_method,
+        )
         self.introspections += 1
         try:
             r = await self.http.post(self.introspection_endpoint, data=data, headers=headers)
         except httpx.HTTPError as exc:
             raise IntrospectionUnavailable(f"introspection failed: {type(exc).__name__}") from exc
-        if r.status_code != 200:
-            # 401/403 means our own credentials or registration are wrong; 5xx the AS is
-            # in trouble. Either way we cannot tell whether the token is good.
-            log.error("introspection refused", extra={"status": r.status_code})
-            raise IntrospectionUnavailable(f"introspection answered HTTP {r.status_code}")
-        try:
-            body = r.json()
-        except ValueError as exc:
-            raise IntrospectionUnavailable("introspection answered invalid JSON") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
-            raise IntrospectionUnavailable("introspection answer has no boolean 'active'")
-        return Principal.from_introspection(body)
+        return principal_from_response(r)

@@ -18,8 +18,8 @@ import orjson
 
 from keystile.core.bearer import bearer_token, challenge
 from keystile.errors import IntrospectionUnavailable, InvalidRequest, OAuthError
-from keystile.resource.introspector import TokenValidator
 from keystile.resource.principal import Principal
+from keystile.resource.validator import Validator
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -93,7 +93,7 @@ class BearerAuthMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        validator: TokenValidator,
+        validator: Validator,
         *,
         scopes: Iterable[str] = (),
         realm: str | None = None,
