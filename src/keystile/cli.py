@@ -39,12 +39,20 @@ resource_app = typer.Typer(
 app.add_typer(db_app, name="db")
 app.add_typer(client_app, name="client")
 app.add_typer(resource_app, name="resource")
+key_app = typer.Typer(
+    help="Signing keys for JWT access tokens and signed introspection answers.",
+    no_args_is_help=True,
+)
+app.add_typer(key_app, name="key")
 
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML settings file.", envvar="KEYSTILE_CONFIG"),
 ]
-DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite file (default keystile.db).")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLite file (default keystile.db) or postgresql:// URL."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 _INTERNAL_SETTINGS = "KEYSTILE_INTERNAL_SETTINGS_JSON"
@@ -236,14 +244,18 @@ def _serve(settings: ServerSettings, sock: socket.socket) -> None:
         typer.echo(f"keystile listening on {url} ({settings.workers} workers)", err=False)
         sys.stdout.flush()
         try:
-            # The workers inherit the socket bound above.
-            uvicorn.run(
+            # The workers inherit the socket bound above, passed as the socket object: with
+            # `fd=` uvicorn rebuilds it as AF_UNIX, so asyncio never sets TCP_NODELAY and
+            # every response waits ~40 ms on Nagle + delayed ACK.
+            from uvicorn.supervisors import Multiprocess
+
+            config = uvicorn.Config(
                 "keystile.server.app:app_from_environment",
                 factory=True,
-                fd=sock.fileno(),
                 workers=settings.workers,
                 **common,
             )
+            Multiprocess(config, sockets=[sock]).run()
         finally:
             if own_dir is not None:
                 shutil.rmtree(own_dir, ignore_errors=True)
@@ -274,9 +286,9 @@ def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = Fa
     settings = _settings(config, db=db)
     version = _run(settings, lambda store: store.schema_version())
     _print(
-        {"db": settings.db, "schema_version": version},
+        {"db": settings.db_display, "schema_version": version},
         as_json,
-        f"{settings.db}: schema at version {version}",
+        f"{settings.db_display}: schema at version {version}",
     )
 
 
@@ -301,6 +313,24 @@ AudOpt = Annotated[
 ]
 TtlOpt = Annotated[int | None, typer.Option("--ttl", help="Access-token lifetime, seconds.")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Human-readable name.")]
+TokenFormatOpt = Annotated[
+    str | None,
+    typer.Option("--token-format", help="Access tokens: opaque (default) or jwt (RFC 9068)."),
+]
+JwksOpt = Annotated[
+    Path | None,
+    typer.Option("--jwks", help="JWK Set file with the client's public keys (private_key_jwt)."),
+]
+
+
+def _read_jwks(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc}", 2)
+        raise  # unreachable
 
 
 def _grants(values: list[str] | None) -> list[str] | None:
@@ -319,6 +349,8 @@ def client_create(
     scope: ScopeOpt = None,
     audience: AudOpt = None,
     ttl: TtlOpt = None,
+    token_format: TokenFormatOpt = None,
+    jwks: JwksOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -326,6 +358,7 @@ def client_create(
     """Register a client and print its secret, once."""
     settings = _settings(config, db=db)
     grants = _grants(grant_type)
+    jwks_text = _read_jwks(jwks)
     client, secret = _run(
         settings,
         lambda store: admin.create_client(
@@ -338,8 +371,13 @@ def client_create(
             scopes=_split_all(scope) or [],
             default_audience=_split_all(audience) or [],
             access_token_ttl=settings.access_token_ttl if ttl is None else ttl,
+            token_format=token_format or "opaque",
+            jwks=jwks_text,
         ),
     )
+    if client.auth_method == "private_key_jwt":
+        _print(admin.client_view(client), as_json)  # it authenticates with its keys: no secret
+        return
     view = {**admin.client_view(client), "client_secret": secret}
     _print(view, as_json)
     if not as_json:
@@ -379,12 +417,15 @@ def client_update(
     scope: ScopeOpt = None,
     audience: AudOpt = None,
     ttl: TtlOpt = None,
+    token_format: TokenFormatOpt = None,
+    jwks: JwksOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a client's settings (only the options given)."""
     settings = _settings(config, db=db)
+    jwks_text = _read_jwks(jwks)
     client = _run(
         settings,
         lambda store: admin.update_client(
@@ -397,6 +438,8 @@ def client_update(
             scopes=_split_all(scope),
             default_audience=_split_all(audience),
             access_token_ttl=ttl,
+            token_format=token_format,
+            jwks=jwks_text,
         ),
     )
     _print(admin.client_view(client), as_json)
@@ -481,6 +524,13 @@ RuleOpt = Annotated[
         "--allow", help="Extra introspection rule: 'owner' (tokens of its own clients) or 'any'."
     ),
 ]
+ResponseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--introspection-response",
+        help="json (default), jwt (signed when asked, RFC 9701) or jwt-required.",
+    ),
+]
 
 
 @resource_app.command("create")
@@ -490,6 +540,7 @@ def resource_create(
     client: IntroClientOpt = None,
     claims: ClaimsOpt = None,
     allow: RuleOpt = None,
+    introspection_response: ResponseOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -506,6 +557,7 @@ def resource_create(
             introspection_clients=_split_all(client) or [],
             claims=_split_all(claims),
             rules=["audience", *(_split_all(allow) or [])],
+            introspection_response=introspection_response or "json",
         ),
     )
     _print(admin.resource_server_view(rs), as_json)
@@ -541,6 +593,7 @@ def resource_update(
     client: IntroClientOpt = None,
     claims: ClaimsOpt = None,
     allow: RuleOpt = None,
+    introspection_response: ResponseOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -557,6 +610,7 @@ def resource_update(
             introspection_clients=_split_all(client),
             claims=_split_all(claims),
             rules=None if allow is None else ["audience", *(_split_all(allow) or [])],
+            introspection_response=introspection_response,
         ),
     )
     _print(admin.resource_server_view(rs), as_json)
@@ -574,6 +628,132 @@ def resource_delete(
         as_json,
         f"resource server {identifier} deleted",
     )
+
+
+# -- signing keys (RFC 7517; docs/tokens.md) -------------------------------------------------
+
+AlgOpt = Annotated[
+    str | None, typer.Option("--alg", help="ES256 (default), RS256, Ed25519 or EdDSA.")
+]
+
+
+def _key_views(keys: list[Any]) -> list[dict[str, Any]]:
+    from keystile import key_admin
+
+    now = SystemClock().now()
+    return [key_admin.key_view(k, now) for k in keys]
+
+
+def _print_keys(views: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        _print(views, True)
+        return
+    for v in views:
+        shown = "published" if v["published"] else "unpublished"
+        typer.echo(f"{v['kid']}  {v['alg']:<7} {v['state']:<7} {shown}")
+
+
+@key_app.command("list")
+def key_list(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List signing keys: next, active and retired, and whether the JWKS publishes them."""
+    settings = _settings(config, db=db)
+    _print_keys(_key_views(_run(settings, lambda store: store.list_signing_keys())), as_json)
+
+
+@key_app.command("create")
+def key_create(
+    alg: AlgOpt = None, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Make a next key: published now, signing from the next `keystile key rotate`."""
+    from keystile import key_admin
+
+    settings = _settings(config, db=db)
+    key = _run(
+        settings,
+        lambda store: key_admin.create_key(
+            store, SystemClock(), key_admin.require_kek(settings), alg=alg or "ES256"
+        ),
+    )
+    _print_keys(_key_views([key]), as_json)
+
+
+@key_app.command("rotate")
+def key_rotate(
+    alg: AlgOpt = None, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Activate the next key (or a new one) and retire the active key, in every server."""
+    from keystile import key_admin
+
+    settings = _settings(config, db=db)
+    active, retired = _run(
+        settings,
+        lambda store: key_admin.rotate(
+            store, SystemClock(), key_admin.require_kek(settings), alg=alg
+        ),
+    )
+    _print_keys(_key_views([active] + ([retired] if retired else [])), as_json)
+
+
+@key_app.command("retire")
+def key_retire(
+    kid: Annotated[
+        str, typer.Argument(help='The key id (put "--" before it: a kid may start with "-").')
+    ],
+    immediately: Annotated[
+        bool,
+        typer.Option(
+            "--immediately",
+            help="Unpublish now: every token it signed stops validating (a compromised key).",
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retire a key that does not sign (rotate away from the active key first)."""
+    from keystile import key_admin
+
+    settings = _settings(config, db=db)
+    key = _run(
+        settings,
+        lambda store: key_admin.retire(store, SystemClock(), kid, immediately=immediately),
+    )
+    _print_keys(_key_views([key]), as_json)
+
+
+# -- gateway --------------------------------------------------------------------------------
+
+
+@app.command()
+def gateway(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Gateway TOML file (docs/gateway.md).",
+            envvar="KEYSTILE_GATEWAY_CONFIG",
+        ),
+    ],
+) -> None:
+    """Run the gateway: an introspecting reverse proxy that also answers forward-auth checks."""
+    from keystile.gateway.config import load_config
+    from keystile.gateway.server import bind, check_bind, serve
+    from keystile.server.logs import configure_logging
+
+    try:
+        settings = load_config(config)
+        check_bind(settings)
+    except ConfigurationError as exc:
+        fail(str(exc), 2)
+        raise  # unreachable
+    configure_logging(settings.gateway.log_level, settings.gateway.log_format)
+    try:
+        sock = bind(settings)
+    except OSError as exc:
+        fail(f"cannot bind {settings.gateway.host}:{settings.gateway.port}: {exc.strerror}", 1)
+        raise  # unreachable
+    serve(settings, sock)
 
 
 def main() -> None:
