@@ -151,11 +151,18 @@ class EventStreamClient:
             async for line in r.aiter_lines():
                 fields = parser.feed(line)
                 if fields is not None:
-                    self._apply(fields)
+                    await self._apply(fields)
 
-    def _apply(self, fields: dict[str, str]) -> None:
+    async def _apply(self, fields: dict[str, str]) -> None:
         event = fields.get("event", "message")
         apply_event(self.cache, event, fields.get("data"), self.validator.revoked)
+        shared = self.validator.shared
+        if shared is not None and event != "ready":
+            try:
+                parsed = json.loads(fields.get("data") or "{}")
+            except ValueError:
+                parsed = None
+            await shared.apply_event(event, parsed if isinstance(parsed, dict) else {})
         if event == "ready":
             self.connected.set()
         if "id" in fields:

@@ -39,6 +39,7 @@ from keystile.resource.introspection import (
 from keystile.resource.jwt import JWTValidator, looks_like_jwt
 from keystile.resource.principal import Principal
 from keystile.resource.revoked import RevokedTokens
+from keystile.resource.shared_cache import SharedCache
 
 log = logging.getLogger("keystile.resource")
 
@@ -58,6 +59,7 @@ class TokenValidator:
         auth_method: AuthMethod = "client_secret_basic",
         audience: str | None = None,
         jwt: JWTValidator | bool = False,
+        shared_cache: SharedCache | None = None,
         max_ttl: float = 60.0,
         negative_ttl: float = 5.0,
         degraded_ttl: float = 5.0,
@@ -75,6 +77,7 @@ class TokenValidator:
         self.events_enabled = events
         self.auth_method = auth_method
         self.audience = audience
+        self.shared = shared_cache
         self.cache = TokenCache(
             max_entries=max_entries,
             max_ttl=max_ttl,
@@ -222,7 +225,7 @@ class TokenValidator:
         future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            principal = await self.introspect(token)
+            principal = await self._shared_or_introspect(key, token)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -238,6 +241,21 @@ class TokenValidator:
             return principal
         finally:
             del self._inflight[key]
+
+    async def _shared_or_introspect(self, key: bytes, token: str) -> Principal | None:
+        """The shared (Redis) cache's answer if it has a usable one, else the AS's."""
+        if self.shared is not None:
+            found = await self.shared.get(key, self.cache)
+            if found is None or (
+                isinstance(found, Principal) and not self.revoked.is_revoked(key, found)
+            ):
+                return found
+        principal = await self.introspect(token)
+        if self.shared is not None and (
+            principal is None or not self.revoked.is_revoked(key, principal)
+        ):
+            await self.shared.put(key, principal, self.cache)
+        return principal
 
     async def introspect(self, token: str) -> Principal | None:
         """One RFC 7662 call, no cache: the principal, or None when inactive."""
