@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import importlib.resources
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -50,13 +48,24 @@ from keystile.store.base import (
     NotFound,
     PurgeResult,
 )
+from keystile.store.rows import (
+    CLIENT_COLUMNS,
+    KEY_COLUMNS,
+    TOKEN_COLUMNS,
+    client_from_row,
+    client_params,
+    join,
+    key_from_row,
+    split,
+    token_from_row,
+)
+from keystile.store.rows import migrations as _migrations
 
 T = TypeVar("T")
 
 log = logging.getLogger("keystile.store")
 
 EVENTS_CHANNEL = "keystile_events"
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Errors that mean "the database could not answer", never "the answer is no".
 _UNAVAILABLE = (
     asyncpg.PostgresError,
@@ -66,10 +75,6 @@ _UNAVAILABLE = (
     TimeoutError,
 )
 
-_TOKEN_COLUMNS = (
-    "token_hash, kind, client_id, scope, aud, iat, nbf, exp, jti, sub, username, grant_id,"
-    " revoked_at"
-)
 # One statement, one snapshot: the registry version and the token observed together. The
 # token's own hash is not read back: the caller has it. A NULL hash matches no row.
 _LOOKUP_SQL = (
@@ -87,10 +92,6 @@ _LOOKUP_MANY_SQL = (
 )
 _MAX_BATCH = 256  # lookups per statement
 Lookup = tuple[int, TokenRecord | None]
-_CLIENT_COLUMNS = (
-    "client_id, name, secret_hash, auth_method, grant_types, scopes, default_audience, "
-    "access_token_ttl, enabled, created_at, updated_at, token_format, jwks"
-)
 _RS_SELECT = (
     "SELECT rs.identifier, rs.name, rs.claims, rs.rules, rs.created_at, rs.updated_at,"
     " rs.introspection_response,"
@@ -100,113 +101,21 @@ _RS_SELECT = (
 )
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """The versioned SQL migrations shipped with the package, in order."""
-    out = []
-    folder = importlib.resources.files("keystile.store.migrations.postgres")
-    for entry in folder.iterdir():
-        m = _MIGRATION_NAME.match(entry.name)
-        if m:
-            out.append((int(m.group(1)), m.group(2), entry.read_text("utf-8")))
-    return sorted(out)
-
-
-def _split(value: str) -> frozenset[str]:
-    return frozenset(value.split()) if value else frozenset()
-
-
-def _join(values: frozenset[str] | tuple[str, ...]) -> str:
-    return " ".join(sorted(values)) if isinstance(values, frozenset) else " ".join(values)
-
-
 def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3``."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def _token_from_row(row: Any) -> TokenRecord:
-    return TokenRecord(
-        token_hash=bytes(row[0]),
-        kind=row[1],
-        client_id=row[2],
-        scope=_split(row[3]),
-        aud=tuple(row[4].split()) if row[4] else (),
-        iat=row[5],
-        nbf=row[6],
-        exp=row[7],
-        jti=row[8],
-        sub=row[9],
-        username=row[10],
-        grant_id=row[11],
-        revoked_at=row[12],
-    )
-
-
-def _client_from_row(row: Any) -> Client:
-    return Client(
-        client_id=row[0],
-        name=row[1],
-        secret_hash=bytes(row[2]),
-        auth_method=row[3],
-        grant_types=_split(row[4]),
-        scopes=_split(row[5]),
-        default_audience=tuple(row[6].split()) if row[6] else (),
-        access_token_ttl=row[7],
-        enabled=bool(row[8]),
-        created_at=row[9],
-        updated_at=row[10],
-        token_format=row[11],
-        jwks=row[12],
-    )
-
-
-def _client_params(client: Client) -> tuple[Any, ...]:
-    return (
-        client.client_id,
-        client.name,
-        client.secret_hash,
-        client.auth_method,
-        _join(client.grant_types),
-        _join(client.scopes),
-        " ".join(client.default_audience),
-        client.access_token_ttl,
-        client.enabled,
-        client.created_at,
-        client.updated_at,
-        client.token_format,
-        client.jwks,
-    )
 
 
 def _rs_from_row(r: Any) -> ResourceServer:
     return ResourceServer(
         identifier=r[0],
         name=r[1],
-        claims=_split(r[2]),
-        rules=_split(r[3]),
+        claims=split(r[2]),
+        rules=split(r[3]),
         created_at=r[4],
         updated_at=r[5],
         introspection_response=r[6],
-        introspection_clients=_split(r[7] or ""),
-    )
-
-
-_KEY_COLUMNS = (
-    "kid, alg, state, public_jwk, private_jwk_enc, created_at, activated_at, retired_at, not_after"
-)
-
-
-def _key_from_row(row: Any) -> SigningKey:
-    return SigningKey(
-        kid=row[0],
-        alg=row[1],
-        state=row[2],
-        public_jwk=row[3],
-        private_jwk_enc=None if row[4] is None else bytes(row[4]),
-        created_at=row[5],
-        activated_at=row[6],
-        retired_at=row[7],
-        not_after=row[8],
+        introspection_clients=split(r[7] or ""),
     )
 
 
@@ -537,10 +446,10 @@ class PostgresStore:
     async def create_client(self, client: Client) -> None:
         async def fn(c: asyncpg.Connection) -> None:
             status = await c.execute(
-                f"INSERT INTO clients ({_CLIENT_COLUMNS})"
+                f"INSERT INTO clients ({CLIENT_COLUMNS})"
                 " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
                 " ON CONFLICT (client_id) DO NOTHING",
-                *_client_params(client),
+                *client_params(client),
             )
             if _rowcount(status) == 0:
                 raise Conflict(f"client {client.client_id!r} exists already")
@@ -551,13 +460,13 @@ class PostgresStore:
         # Not cached: another process may have changed it a moment ago. The server's
         # verified-caller cache spares this read on the introspection hot path.
         row = await self._fetchrow(
-            f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = $1", client_id
+            f"SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1", client_id
         )
-        return None if row is None else _client_from_row(row)
+        return None if row is None else client_from_row(row)
 
     async def list_clients(self) -> list[Client]:
-        rows = await self._fetch(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY client_id")
-        return [_client_from_row(r) for r in rows]
+        rows = await self._fetch(f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY client_id")
+        return [client_from_row(r) for r in rows]
 
     async def update_client(self, client: Client) -> None:
         async def fn(c: asyncpg.Connection) -> None:
@@ -565,7 +474,7 @@ class PostgresStore:
                 "UPDATE clients SET name=$2, secret_hash=$3, auth_method=$4, grant_types=$5,"
                 " scopes=$6, default_audience=$7, access_token_ttl=$8, enabled=$9,"
                 " updated_at=$10, token_format=$11, jwks=$12 WHERE client_id=$1",
-                *_client_params(client)[:9],
+                *client_params(client)[:9],
                 client.updated_at,
                 client.token_format,
                 client.jwks,
@@ -629,8 +538,8 @@ class PostgresStore:
                 " ON CONFLICT (identifier) DO NOTHING",
                 rs.identifier,
                 rs.name,
-                _join(rs.claims),
-                _join(rs.rules),
+                join(rs.claims),
+                join(rs.rules),
                 rs.created_at,
                 rs.updated_at,
                 rs.introspection_response,
@@ -648,8 +557,8 @@ class PostgresStore:
                 " introspection_response=$6 WHERE identifier=$1",
                 rs.identifier,
                 rs.name,
-                _join(rs.claims),
-                _join(rs.rules),
+                join(rs.claims),
+                join(rs.rules),
                 rs.updated_at,
                 rs.introspection_response,
             )
@@ -705,12 +614,12 @@ class PostgresStore:
         async with self._acquire() as conn:
             try:
                 await conn.execute(
-                    f"INSERT INTO tokens ({_TOKEN_COLUMNS})"
+                    f"INSERT INTO tokens ({TOKEN_COLUMNS})"
                     " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
                     record.token_hash,
                     record.kind,
                     record.client_id,
-                    _join(record.scope),
+                    join(record.scope),
                     " ".join(record.aud),
                     record.iat,
                     record.nbf,
@@ -795,7 +704,7 @@ class PostgresStore:
                     bytes(r[1]),
                     r[2],
                     r[3],
-                    _split(r[4]),
+                    split(r[4]),
                     tuple(r[5].split()) if r[5] else (),
                     r[6],
                     r[7],
@@ -812,9 +721,9 @@ class PostgresStore:
 
     async def find_token(self, token_hash: bytes) -> TokenRecord | None:
         row = await self._fetchrow(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = $1", token_hash
+            f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = $1", token_hash
         )
-        return None if row is None else _token_from_row(row)
+        return None if row is None else token_from_row(row)
 
     async def revoke_token(self, token_hash: bytes, client_id: str, now: int) -> bool:
         """Revoke a token if it belongs to ``client_id``; the event is written in the same
@@ -973,15 +882,13 @@ class PostgresStore:
     # -- signing keys, JWT access tokens, client assertions (RFC 9068, RFC 7523) ----------------
 
     async def list_signing_keys(self) -> list[SigningKey]:
-        rows = await self._fetch(
-            f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid"
-        )
-        return [_key_from_row(r) for r in rows]
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid")
+        return [key_from_row(r) for r in rows]
 
     async def insert_signing_key(self, key: SigningKey) -> None:
         async def fn(c: asyncpg.Connection) -> None:
             await c.execute(
-                f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                f"INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
                 key.kid,
                 key.alg,
                 key.state,
@@ -1046,12 +953,12 @@ class PostgresStore:
     async def insert_jwt_token(self, record: TokenRecord, kid: str, not_after: int) -> None:
         async def fn(c: asyncpg.Connection) -> None:
             await c.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLUMNS})"
+                f"INSERT INTO tokens ({TOKEN_COLUMNS})"
                 " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
                 record.token_hash,
                 record.kind,
                 record.client_id,
-                _join(record.scope),
+                join(record.scope),
                 " ".join(record.aud),
                 record.iat,
                 record.nbf,
@@ -1138,3 +1045,8 @@ async def _append_event(
         now,
         json.dumps(payload, separators=(",", ":"), sort_keys=True),
     )
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The versioned SQL migrations shipped for this engine, in order."""
+    return _migrations("keystile.store.migrations.postgres")

@@ -15,9 +15,7 @@ drops the cache when the registry version moved.
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 import json
-import re
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,100 +33,29 @@ from keystile.store.base import (
     NotFound,
     PurgeResult,
 )
+from keystile.store.rows import (
+    CLIENT_COLUMNS,
+    KEY_COLUMNS,
+    TOKEN_COLUMNS,
+    client_from_row,
+    client_params,
+    join,
+    key_from_row,
+    split,
+    token_from_row,
+)
+from keystile.store.rows import migrations as _migrations
 
 T = TypeVar("T")
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _CACHE_LIMIT = 10_000
 
-_TOKEN_COLUMNS = (
-    "token_hash, kind, client_id, scope, aud, iat, nbf, exp, jti, sub, username, grant_id,"
-    " revoked_at"
-)
 # The token's own hash is not read back: the caller has it.
 _LOOKUP_SQL = (
     "SELECT rv.version, "
-    + ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(",")[1:])
+    + ", ".join("t." + c.strip() for c in TOKEN_COLUMNS.split(",")[1:])
     + " FROM registry_version rv LEFT JOIN tokens t ON t.token_hash = ? WHERE rv.id = 1"
 )
-_CLIENT_COLUMNS = (
-    "client_id, name, secret_hash, auth_method, grant_types, scopes, default_audience, "
-    "access_token_ttl, enabled, created_at, updated_at, token_format, jwks"
-)
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """The versioned SQL migrations shipped with the package, in order."""
-    out = []
-    folder = importlib.resources.files("keystile.store.migrations.sqlite")
-    for entry in folder.iterdir():
-        m = _MIGRATION_NAME.match(entry.name)
-        if m:
-            out.append((int(m.group(1)), m.group(2), entry.read_text("utf-8")))
-    return sorted(out)
-
-
-def _split(value: str) -> frozenset[str]:
-    return frozenset(value.split()) if value else frozenset()
-
-
-def _join(values: frozenset[str] | tuple[str, ...]) -> str:
-    return " ".join(sorted(values)) if isinstance(values, frozenset) else " ".join(values)
-
-
-def _token_from_row(row: tuple[Any, ...]) -> TokenRecord:
-    return TokenRecord(
-        token_hash=row[0],
-        kind=row[1],
-        client_id=row[2],
-        scope=_split(row[3]),
-        aud=tuple(row[4].split()) if row[4] else (),
-        iat=row[5],
-        nbf=row[6],
-        exp=row[7],
-        jti=row[8],
-        sub=row[9],
-        username=row[10],
-        grant_id=row[11],
-        revoked_at=row[12],
-    )
-
-
-def _client_from_row(row: tuple[Any, ...]) -> Client:
-    return Client(
-        client_id=row[0],
-        name=row[1],
-        secret_hash=bytes(row[2]),
-        auth_method=row[3],
-        grant_types=_split(row[4]),
-        scopes=_split(row[5]),
-        default_audience=tuple(row[6].split()) if row[6] else (),
-        access_token_ttl=row[7],
-        enabled=bool(row[8]),
-        created_at=row[9],
-        updated_at=row[10],
-        token_format=row[11],
-        jwks=row[12],
-    )
-
-
-_KEY_COLUMNS = (
-    "kid, alg, state, public_jwk, private_jwk_enc, created_at, activated_at, retired_at, not_after"
-)
-
-
-def _key_from_row(row: tuple[Any, ...]) -> SigningKey:
-    return SigningKey(
-        kid=row[0],
-        alg=row[1],
-        state=row[2],
-        public_jwk=row[3],
-        private_jwk_enc=None if row[4] is None else bytes(row[4]),
-        created_at=row[5],
-        activated_at=row[6],
-        retired_at=row[7],
-        not_after=row[8],
-    )
 
 
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
@@ -320,8 +247,8 @@ class SQLiteStore:
             ).fetchone():
                 raise Conflict(f"client {client.client_id!r} exists already")
             c.execute(
-                f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                _client_params(client),
+                f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                client_params(client),
             )
 
         await self._write(fn)
@@ -333,9 +260,9 @@ class SQLiteStore:
         except KeyError:
             pass
         rows = self._query(
-            f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,)
+            f"SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,)
         )
-        client = _client_from_row(rows[0]) if rows else None
+        client = client_from_row(rows[0]) if rows else None
         if client is not None:  # misses are not cached: unknown ids must not fill memory
             if len(self._clients) >= _CACHE_LIMIT:
                 self._clients.clear()
@@ -343,8 +270,8 @@ class SQLiteStore:
         return client
 
     async def list_clients(self) -> list[Client]:
-        rows = self._query(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY client_id")
-        return [_client_from_row(r) for r in rows]
+        rows = self._query(f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY client_id")
+        return [client_from_row(r) for r in rows]
 
     async def update_client(self, client: Client) -> None:
         def fn(c: sqlite3.Connection) -> None:
@@ -353,7 +280,7 @@ class SQLiteStore:
                 " default_audience=?, access_token_ttl=?, enabled=?, updated_at=?,"
                 " token_format=?, jwks=? WHERE client_id=?",
                 (
-                    *_client_params(client)[1:9],
+                    *client_params(client)[1:9],
                     client.updated_at,
                     client.token_format,
                     client.jwks,
@@ -413,8 +340,8 @@ class SQLiteStore:
                 (
                     rs.identifier,
                     rs.name,
-                    _join(rs.claims),
-                    _join(rs.rules),
+                    join(rs.claims),
+                    join(rs.rules),
                     rs.created_at,
                     rs.updated_at,
                     rs.introspection_response,
@@ -431,8 +358,8 @@ class SQLiteStore:
                 " introspection_response=? WHERE identifier=?",
                 (
                     rs.name,
-                    _join(rs.claims),
-                    _join(rs.rules),
+                    join(rs.claims),
+                    join(rs.rules),
                     rs.updated_at,
                     rs.introspection_response,
                     rs.identifier,
@@ -465,11 +392,11 @@ class SQLiteStore:
             ResourceServer(
                 identifier=r[0],
                 name=r[1],
-                claims=_split(r[2]),
-                rules=_split(r[3]),
+                claims=split(r[2]),
+                rules=split(r[3]),
                 created_at=r[4],
                 updated_at=r[5],
-                introspection_clients=_split(r[6] or ""),
+                introspection_clients=split(r[6] or ""),
                 introspection_response=r[7],
             )
             for r in rows
@@ -524,7 +451,7 @@ class SQLiteStore:
             record.token_hash,
             record.kind,
             record.client_id,
-            _join(record.scope),
+            join(record.scope),
             " ".join(record.aud),
             record.iat,
             record.nbf,
@@ -538,7 +465,7 @@ class SQLiteStore:
 
         def fn(c: sqlite3.Connection) -> None:
             c.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", params
+                f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", params
             )
 
         await self._write(fn)
@@ -564,7 +491,7 @@ class SQLiteStore:
             token_hash,
             row[1],
             row[2],
-            _split(row[3]),
+            split(row[3]),
             tuple(row[4].split()) if row[4] else (),
             row[5],
             row[6],
@@ -587,11 +514,11 @@ class SQLiteStore:
     async def find_token(self, token_hash: bytes) -> TokenRecord | None:
         try:
             row = self._r.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,)
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,)
             ).fetchone()
         except sqlite3.Error as exc:
             raise _unavailable(exc) from exc
-        return _token_from_row(row) if row else None
+        return token_from_row(row) if row else None
 
     async def revoke_token(self, token_hash: bytes, client_id: str, now: int) -> bool:
         """Revoke a token if it belongs to ``client_id``; the event is written in the same
@@ -684,13 +611,13 @@ class SQLiteStore:
     # -- signing keys, JWT access tokens, client assertions (RFC 9068, RFC 7523) ----------------
 
     async def list_signing_keys(self) -> list[SigningKey]:
-        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid")
-        return [_key_from_row(r) for r in rows]
+        rows = self._query(f"SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid")
+        return [key_from_row(r) for r in rows]
 
     async def insert_signing_key(self, key: SigningKey) -> None:
         def fn(c: sqlite3.Connection) -> None:
             c.execute(
-                f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     key.kid,
                     key.alg,
@@ -749,7 +676,7 @@ class SQLiteStore:
             record.token_hash,
             record.kind,
             record.client_id,
-            _join(record.scope),
+            join(record.scope),
             " ".join(record.aud),
             record.iat,
             record.nbf,
@@ -763,7 +690,7 @@ class SQLiteStore:
 
         def fn(c: sqlite3.Connection) -> None:
             c.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", params
+                f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", params
             )
             # Rarely writes: only when this token outlives the key's rounded-up not_after.
             c.execute(
@@ -799,24 +726,6 @@ class SQLiteStore:
             if n < batch:
                 return total
             await asyncio.sleep(0)
-
-
-def _client_params(client: Client) -> tuple[Any, ...]:
-    return (
-        client.client_id,
-        client.name,
-        client.secret_hash,
-        client.auth_method,
-        _join(client.grant_types),
-        _join(client.scopes),
-        " ".join(client.default_audience),
-        client.access_token_ttl,
-        int(client.enabled),
-        client.created_at,
-        client.updated_at,
-        client.token_format,
-        client.jwks,
-    )
 
 
 def _set_rs_clients(c: sqlite3.Connection, rs: ResourceServer) -> None:
@@ -863,3 +772,8 @@ def _statements(sql: str) -> list[str]:
     if buf.strip():
         out.append(buf.strip())
     return out
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The versioned SQL migrations shipped for this engine, in order."""
+    return _migrations("keystile.store.migrations.sqlite")

@@ -1,0 +1,112 @@
+"""Row mapping shared by the SQLite and PostgreSQL stores: one place for the columns
+and for turning rows into records and records into parameters."""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from typing import Any
+
+from keystile.core.models import Client, SigningKey, TokenRecord
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+TOKEN_COLUMNS = (
+    "token_hash, kind, client_id, scope, aud, iat, nbf, exp, jti, sub, username, grant_id,"
+    " revoked_at"
+)
+
+CLIENT_COLUMNS = (
+    "client_id, name, secret_hash, auth_method, grant_types, scopes, default_audience, "
+    "access_token_ttl, enabled, created_at, updated_at, token_format, jwks"
+)
+
+KEY_COLUMNS = (
+    "kid, alg, state, public_jwk, private_jwk_enc, created_at, activated_at, retired_at, not_after"
+)
+
+
+def migrations(package: str) -> list[tuple[int, str, str]]:
+    """The versioned SQL migrations in ``package`` (one folder per engine), in order."""
+    out = []
+    for entry in importlib.resources.files(package).iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            out.append((int(m.group(1)), m.group(2), entry.read_text("utf-8")))
+    return sorted(out)
+
+
+def split(value: str) -> frozenset[str]:
+    return frozenset(value.split()) if value else frozenset()
+
+
+def join(values: frozenset[str] | tuple[str, ...]) -> str:
+    return " ".join(sorted(values)) if isinstance(values, frozenset) else " ".join(values)
+
+
+def token_from_row(row: Any) -> TokenRecord:
+    return TokenRecord(
+        token_hash=bytes(row[0]),
+        kind=row[1],
+        client_id=row[2],
+        scope=split(row[3]),
+        aud=tuple(row[4].split()) if row[4] else (),
+        iat=row[5],
+        nbf=row[6],
+        exp=row[7],
+        jti=row[8],
+        sub=row[9],
+        username=row[10],
+        grant_id=row[11],
+        revoked_at=row[12],
+    )
+
+
+def client_from_row(row: Any) -> Client:
+    return Client(
+        client_id=row[0],
+        name=row[1],
+        secret_hash=bytes(row[2]),
+        auth_method=row[3],
+        grant_types=split(row[4]),
+        scopes=split(row[5]),
+        default_audience=tuple(row[6].split()) if row[6] else (),
+        access_token_ttl=row[7],
+        enabled=bool(row[8]),
+        created_at=row[9],
+        updated_at=row[10],
+        token_format=row[11],
+        jwks=row[12],
+    )
+
+
+def client_params(client: Client) -> tuple[Any, ...]:
+    return (
+        client.client_id,
+        client.name,
+        client.secret_hash,
+        client.auth_method,
+        join(client.grant_types),
+        join(client.scopes),
+        " ".join(client.default_audience),
+        client.access_token_ttl,
+        client.enabled,
+        client.created_at,
+        client.updated_at,
+        client.token_format,
+        client.jwks,
+    )
+
+
+def key_from_row(row: Any) -> SigningKey:
+    return SigningKey(
+        kid=row[0],
+        alg=row[1],
+        state=row[2],
+        public_jwk=row[3],
+        private_jwk_enc=None if row[4] is None else bytes(row[4]),
+        created_at=row[5],
+        activated_at=row[6],
+        retired_at=row[7],
+        not_after=row[8],
+    )
