@@ -346,18 +346,7 @@ class OAuthEndpoints:
         if client.token_format == "jwt":  # noqa: S105 - a format name, not a secret
             return await self._issue_jwt(client, grant, now)  # RFC 9068
         value = new_access_token()
-        record = TokenRecord(
-            token_hash=token_hash(value),
-            kind="access_token",
-            client_id=client.client_id,
-            scope=grant.scope,
-            aud=grant.aud,
-            iat=now,
-            nbf=now,
-            exp=now + grant.ttl,
-            jti=new_jti(),
-            sub=client.client_id,  # client_credentials: the client acts for itself
-        )
+        record = _access_token_record(client, grant, now, token_hash(value))
         await self.store.insert_token(record)
         self.metrics.tokens_issued.labels("client_credentials").inc()
         log.info(
@@ -465,18 +454,7 @@ class OAuthEndpoints:
                 "default audience"
             )
         signer = await self.signing.signer()
-        draft = TokenRecord(
-            token_hash=b"",
-            kind="access_token",
-            client_id=client.client_id,
-            scope=grant.scope,
-            aud=grant.aud,
-            iat=now,
-            nbf=now,
-            exp=now + grant.ttl,
-            jti=new_jti(),
-            sub=client.client_id,  # client_credentials: the client acts for itself
-        )
+        draft = _access_token_record(client, grant, now, b"")  # hash set once signed
         value = sign_access_token(draft, issuer=self.issuer, signer=signer)
         record = replace(draft, token_hash=token_hash(value))
         # We signed these very bytes: this process need not verify them at introspection.
@@ -605,6 +583,22 @@ async def _send_signed(
     headers = [*_SIGNED_HEADERS, (b"content-length", str(len(answer.jwt)).encode()), rid_header]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.jwt})
+
+
+def _access_token_record(client: Client, grant: TokenGrant, now: int, digest: bytes) -> TokenRecord:
+    """What an access token from the client_credentials grant carries, opaque or JWT."""
+    return TokenRecord(
+        token_hash=digest,
+        kind="access_token",
+        client_id=client.client_id,
+        scope=grant.scope,
+        aud=grant.aud,
+        iat=now,
+        nbf=now,
+        exp=now + grant.ttl,
+        jti=new_jti(),
+        sub=client.client_id,  # client_credentials: the client acts for itself
+    )
 
 
 def _nothing() -> None:

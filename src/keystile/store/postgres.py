@@ -58,6 +58,7 @@ from keystile.store.rows import (
     key_from_row,
     split,
     token_from_row,
+    token_params,
 )
 from keystile.store.rows import migrations as _migrations
 
@@ -616,19 +617,7 @@ class PostgresStore:
                 await conn.execute(
                     f"INSERT INTO tokens ({TOKEN_COLUMNS})"
                     " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-                    record.token_hash,
-                    record.kind,
-                    record.client_id,
-                    join(record.scope),
-                    " ".join(record.aud),
-                    record.iat,
-                    record.nbf,
-                    record.exp,
-                    record.jti,
-                    record.sub,
-                    record.username,
-                    record.grant_id,
-                    record.revoked_at,
+                    *token_params(record),
                 )
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise Conflict(str(exc)) from exc
@@ -955,19 +944,7 @@ class PostgresStore:
             await c.execute(
                 f"INSERT INTO tokens ({TOKEN_COLUMNS})"
                 " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-                record.token_hash,
-                record.kind,
-                record.client_id,
-                join(record.scope),
-                " ".join(record.aud),
-                record.iat,
-                record.nbf,
-                record.exp,
-                record.jti,
-                record.sub,
-                record.username,
-                record.grant_id,
-                record.revoked_at,
+                *token_params(record),
             )
             # Rarely writes (so rarely takes the key row's lock): only when this token
             # outlives the key's rounded-up not_after.

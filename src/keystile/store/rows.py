@@ -110,3 +110,22 @@ def key_from_row(row: Any) -> SigningKey:
         retired_at=row[7],
         not_after=row[8],
     )
+
+
+def token_params(record: TokenRecord) -> tuple[Any, ...]:
+    """A token record as the parameters of ``INSERT INTO tokens (TOKEN_COLUMNS)``."""
+    return (
+        record.token_hash,
+        record.kind,
+        record.client_id,
+        join(record.scope),
+        " ".join(record.aud),
+        record.iat,
+        record.nbf,
+        record.exp,
+        record.jti,
+        record.sub,
+        record.username,
+        record.grant_id,
+        record.revoked_at,
+    )

@@ -43,6 +43,7 @@ from keystile.store.rows import (
     key_from_row,
     split,
     token_from_row,
+    token_params,
 )
 from keystile.store.rows import migrations as _migrations
 
@@ -447,21 +448,7 @@ class SQLiteStore:
     # -- tokens -----------------------------------------------------------------------------------
 
     async def insert_token(self, record: TokenRecord) -> None:
-        params = (
-            record.token_hash,
-            record.kind,
-            record.client_id,
-            join(record.scope),
-            " ".join(record.aud),
-            record.iat,
-            record.nbf,
-            record.exp,
-            record.jti,
-            record.sub,
-            record.username,
-            record.grant_id,
-            record.revoked_at,
-        )
+        params = token_params(record)
 
         def fn(c: sqlite3.Connection) -> None:
             c.execute(
@@ -672,21 +659,7 @@ class SQLiteStore:
         await self._write(fn)
 
     async def insert_jwt_token(self, record: TokenRecord, kid: str, not_after: int) -> None:
-        params = (
-            record.token_hash,
-            record.kind,
-            record.client_id,
-            join(record.scope),
-            " ".join(record.aud),
-            record.iat,
-            record.nbf,
-            record.exp,
-            record.jti,
-            record.sub,
-            record.username,
-            record.grant_id,
-            record.revoked_at,
-        )
+        params = token_params(record)
 
         def fn(c: sqlite3.Connection) -> None:
             c.execute(
