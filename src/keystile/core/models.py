@@ -9,14 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 AUTH_METHODS: tuple[AuthMethod, ...] = (
     "client_secret_basic",
     "client_secret_post",
     "private_key_jwt",  # RFC 7523 §2.2: a JWT signed with a key from the client's JWKS
+    "none",  # a public client (RFC 6749 §2.1; RFC 7591 §2): identified, not authenticated
 )
-GrantType = Literal["client_credentials"]
-GRANT_TYPES: tuple[GrantType, ...] = ("client_credentials",)
+# The methods that authenticate a caller; "none" only identifies one.
+CONFIDENTIAL_AUTH_METHODS: tuple[AuthMethod, ...] = AUTH_METHODS[:3]
+GrantType = Literal["client_credentials", "authorization_code", "refresh_token"]
+GRANT_TYPES: tuple[GrantType, ...] = ("client_credentials", "authorization_code", "refresh_token")
 
 # Who may see a token at introspection, per resource server (RFC 7662 §2.2, §4):
 #   audience - the resource server's identifier is in the token's `aud` (always on)
@@ -69,6 +72,17 @@ class Client:
     token_format: TokenFormat = "opaque"  # noqa: S105 - a format name, not a secret
     # private_key_jwt: the client's public keys, a JWK Set document (RFC 7517 §5) as JSON.
     jwks: str | None = None
+    # authorization_code: the registered redirect URIs, matched exactly (RFC 9700 §2.1).
+    redirect_uris: tuple[str, ...] = ()
+    # refresh_token: idle lifetime (each refresh token's own) and absolute lifetime (of the
+    # grant: no refresh token of it outlives created_at + max), in seconds.
+    refresh_token_ttl: int = 14 * 86400
+    refresh_token_max_ttl: int = 30 * 86400
+
+    @property
+    def is_public(self) -> bool:
+        """A public client (RFC 6749 §2.1) holds no credentials: it is only identified."""
+        return self.auth_method == "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +121,64 @@ class SigningKey:
 
     def is_published(self, now: int) -> bool:
         return self.state != "retired" or now < self.not_after
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A person who signs in. ``user_id`` is the stable subject (``sub``); ``username`` is
+    what they type (stored lower-cased) and what introspection reports as ``username``."""
+
+    user_id: str
+    username: str
+    password_hash: str = field(repr=False)  # argon2id, PHC string format
+    enabled: bool
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A signed-in browser: the cookie value lives only in the browser, its SHA-256 here."""
+
+    session_hash: bytes = field(repr=False)
+    user_id: str
+    created_at: int  # the time the user authenticated (auth_time)
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one user allowed one client through the authorization code flow: the unit the
+    cascade revokes (its code, every access and refresh token issued from it)."""
+
+    grant_id: str
+    client_id: str
+    user_id: str
+    username: str
+    scope: frozenset[str]
+    aud: tuple[str, ...]
+    created_at: int
+    auth_time: int
+    expires_at: int  # absolute lifetime: no refresh token of this grant lives past it
+    revoked_at: int | None = None
+
+    def is_live(self, now: int) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationCode:
+    """An authorization code (RFC 6749 §4.1.2) as stored: by SHA-256, single use, short
+    lived, bound to its client, redirect URI and PKCE challenge (RFC 7636 §4.4)."""
+
+    code_hash: bytes = field(repr=False)
+    grant_id: str
+    client_id: str
+    redirect_uri: str
+    code_challenge: str  # S256 only: BASE64URL(SHA256(code_verifier))
+    created_at: int
+    expires_at: int
+    used_at: int | None = None
 
 
 @dataclass(slots=True)

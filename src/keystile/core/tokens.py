@@ -1,7 +1,7 @@
 """Opaque tokens: recognizable, high-entropy, checksummed, and stored only as SHA-256.
 
 Format: ``ks_<kind>_<43 chars base64url of 32 random bytes><6 chars checksum>``, where
-kind is ``at`` (access token) or ``rt`` (refresh token) and the checksum is the CRC-32 of
+kind is ``at`` (access token), ``rt`` (refresh token) or ``ac`` (authorization code) and the checksum is the CRC-32 of
 prefix and random part in base64url (6 chars carry its 32 bits). The prefix lets secret
 scanners match our tokens; the checksum lets the server reject garbage and typos before
 any I/O. Neither adds secrecy: the 256 random bits do that. Client secrets use the same
@@ -22,6 +22,7 @@ TokenKind = Literal["access_token", "refresh_token"]
 _KIND_PREFIX: dict[str, str] = {
     "access_token": "ks_at_",
     "refresh_token": "ks_rt_",
+    "authorization_code": "ks_ac_",
     "client_secret": "ks_cs_",
 }
 _PREFIX_KIND: dict[str, str] = {v: k for k, v in _KIND_PREFIX.items()}
@@ -51,6 +52,11 @@ def new_access_token() -> str:
 
 def new_refresh_token() -> str:
     return _generate("refresh_token")
+
+
+def new_authorization_code() -> str:
+    """An authorization code (RFC 6749 §4.1.2): single use, stored only as SHA-256."""
+    return _generate("authorization_code")
 
 
 def new_client_secret() -> str:

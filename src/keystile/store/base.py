@@ -10,12 +10,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from keystile.core.models import Client, ResourceServer, SigningKey, TokenRecord
+from keystile.core.models import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    ResourceServer,
+    Session,
+    SigningKey,
+    TokenRecord,
+    User,
+)
 
 # Event types written to the durable log (ARCHITECTURE.md, decision 4).
 TOKEN_REVOKED = "token_revoked"  # noqa: S105 - an event name
 CLIENT_DISABLED = "client_disabled"
 CLIENT_DELETED = "client_deleted"
+# Summaries of a cascade (docs/users.md). Each token the cascade revokes also gets its own
+# token_revoked event in the same transaction, so a consumer needs only those to be exact.
+GRANT_REVOKED = "grant_revoked"
+USER_SESSIONS_REVOKED = "user_sessions_revoked"
+
+# Why a grant was revoked (the `reason` of grant_revoked events).
+REFRESH_TOKEN_REVOKED = "refresh_token_revoked"  # noqa: S105 - a reason, not a secret
+CODE_REPLAYED = "code_replayed"
+REFRESH_TOKEN_REPLAYED = "refresh_token_replayed"  # noqa: S105 - a reason, not a secret
+# Why all of a user's grants were revoked (the `reason` of user_sessions_revoked events).
+USER_REVOKE_SESSIONS = "revoke_sessions"
+USER_DISABLED = "user_disabled"
+USER_DELETED = "user_deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +52,42 @@ class Event:
 class PurgeResult:
     tokens: int
     events: int
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRedemption:
+    """What redeeming an authorization code found. ``outcome``:
+
+    - ``ok``: the code was unused and live; it is used now.
+    - ``unknown``: no such code.
+    - ``expired``: past its expiry (kept unused).
+    - ``revoked``: its grant was revoked (user or client disabled, sessions revoked, ...).
+    - ``replayed``: used before; its grant and every token from it are revoked now.
+    """
+
+    outcome: str
+    code: AuthorizationCode | None = None
+    grant: Grant | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What rotating a refresh token did. ``outcome``: ``ok`` (rotated, new tokens stored),
+    ``unknown``, ``expired``, ``revoked`` (token or grant), or ``replayed`` (it had been
+    rotated already: its grant and all its tokens are revoked now)."""
+
+    outcome: str
+    tokens_revoked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A token to store with a grant: opaque (``kid`` None) or a JWT signed by ``kid``,
+    which then stays published until ``not_after`` (as for insert_jwt_token)."""
+
+    record: TokenRecord
+    kid: str | None = None
+    not_after: int = 0
 
 
 class NotFound(LookupError):
@@ -121,4 +179,66 @@ class Store(Protocol):
 
     async def record_assertion_jti(self, client_id: str, jti: str, expires_at: int) -> bool:
         """Remember a client assertion's jti until it expires; False if it was seen before."""
+        ...
+
+    # -- users, sessions, consent (issue 3) ---------------------------------------------------
+    async def create_user(self, user: User) -> None:
+        """Conflict if the user id or the username exists."""
+        ...
+
+    async def get_user(self, user_id: str) -> User | None: ...
+    async def get_user_by_name(self, username: str) -> User | None: ...
+    async def list_users(self) -> list[User]: ...
+    async def update_user(self, user: User) -> None:
+        """Store a changed username or password hash; NotFound, or Conflict on a taken name."""
+        ...
+
+    async def set_user_enabled(self, user_id: str, enabled: bool, now: int) -> int:
+        """Enable or disable; disabling ends the user's sessions and revokes all their
+        grants and tokens in the same transaction (events included). Returns tokens revoked."""
+        ...
+
+    async def delete_user(self, user_id: str, now: int) -> int:
+        """Revoke everything of the user (as disabling does), then delete them."""
+        ...
+
+    async def revoke_user_sessions(self, user_id: str, now: int) -> int:
+        """End every session and revoke every grant and token of the user; NotFound."""
+        ...
+
+    async def create_session(self, session: Session) -> None: ...
+    async def get_session(self, session_hash: bytes, now: int) -> tuple[Session, User] | None:
+        """A live session and its user, only while the user is enabled."""
+        ...
+
+    async def delete_session(self, session_hash: bytes) -> None: ...
+    async def get_consent(self, user_id: str, client_id: str) -> frozenset[str] | None: ...
+    async def set_consent(
+        self, user_id: str, client_id: str, scope: frozenset[str], now: int
+    ) -> None: ...
+
+    # -- authorization code grant and refresh tokens (RFC 6749 §4.1, §6; RFC 9700) ----------
+    async def create_authorization_code(self, grant: Grant, code: AuthorizationCode) -> None:
+        """Store a new grant with its (only) code, in one transaction."""
+        ...
+
+    async def redeem_authorization_code(self, code_hash: bytes, now: int) -> CodeRedemption:
+        """Use a code once, atomically; a second use revokes its grant (see CodeRedemption)."""
+        ...
+
+    async def get_grant(self, grant_id: str) -> Grant | None: ...
+    async def issue_grant_tokens(self, grant_id: str, tokens: list[NewToken], now: int) -> bool:
+        """Store tokens of a grant, in one transaction, only while the grant is live
+        (not revoked, not past its absolute expiry); False otherwise, storing nothing."""
+        ...
+
+    async def rotate_refresh_token(
+        self, token_hash: bytes, tokens: list[NewToken], now: int
+    ) -> Rotation:
+        """Exchange a refresh token for ``tokens``, atomically: only a live, never rotated
+        token of a live grant is rotated; a rotated one is a replay (see Rotation)."""
+        ...
+
+    async def revoke_grant(self, grant_id: str, now: int, reason: str) -> int:
+        """Revoke a grant and all its live tokens (events included); tokens revoked."""
         ...

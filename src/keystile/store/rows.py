@@ -7,7 +7,7 @@ import importlib.resources
 import re
 from typing import Any
 
-from keystile.core.models import Client, SigningKey, TokenRecord
+from keystile.core.models import AuthorizationCode, Client, Grant, SigningKey, TokenRecord, User
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -18,8 +18,29 @@ TOKEN_COLUMNS = (
 
 CLIENT_COLUMNS = (
     "client_id, name, secret_hash, auth_method, grant_types, scopes, default_audience, "
-    "access_token_ttl, enabled, created_at, updated_at, token_format, jwks"
+    "access_token_ttl, enabled, created_at, updated_at, token_format, jwks, redirect_uris, "
+    "refresh_token_ttl, refresh_token_max_ttl"
 )
+
+USER_COLUMNS = "user_id, username, password_hash, enabled, created_at, updated_at"
+
+GRANT_COLUMNS = (
+    "grant_id, client_id, user_id, username, scope, aud, created_at, auth_time, expires_at,"
+    " revoked_at"
+)
+
+CODE_COLUMNS = (
+    "code_hash, grant_id, client_id, redirect_uri, code_challenge, created_at, expires_at, used_at"
+)
+
+
+def placeholders(columns: str, style: str = "?") -> str:
+    """``?,?,...`` (SQLite) or ``$1,$2,...`` (PostgreSQL, style ``$``) for ``columns``."""
+    n = len(columns.split(","))
+    if style == "?":
+        return ",".join("?" * n)
+    return ",".join(f"${i}" for i in range(1, n + 1))
+
 
 KEY_COLUMNS = (
     "kid, alg, state, public_jwk, private_jwk_enc, created_at, activated_at, retired_at, not_after"
@@ -77,6 +98,9 @@ def client_from_row(row: Any) -> Client:
         updated_at=row[10],
         token_format=row[11],
         jwks=row[12],
+        redirect_uris=tuple(row[13].split()) if row[13] else (),
+        refresh_token_ttl=row[14],
+        refresh_token_max_ttl=row[15],
     )
 
 
@@ -95,6 +119,9 @@ def client_params(client: Client) -> tuple[Any, ...]:
         client.updated_at,
         client.token_format,
         client.jwks,
+        " ".join(client.redirect_uris),
+        client.refresh_token_ttl,
+        client.refresh_token_max_ttl,
     )
 
 
@@ -129,3 +156,93 @@ def token_params(record: TokenRecord) -> tuple[Any, ...]:
         record.grant_id,
         record.revoked_at,
     )
+
+
+def user_from_row(row: Any) -> User:
+    return User(
+        user_id=row[0],
+        username=row[1],
+        password_hash=row[2],
+        enabled=bool(row[3]),
+        created_at=row[4],
+        updated_at=row[5],
+    )
+
+
+def user_params(user: User) -> tuple[Any, ...]:
+    return (
+        user.user_id,
+        user.username,
+        user.password_hash,
+        user.enabled,
+        user.created_at,
+        user.updated_at,
+    )
+
+
+def grant_from_row(row: Any) -> Grant:
+    return Grant(
+        grant_id=row[0],
+        client_id=row[1],
+        user_id=row[2],
+        username=row[3],
+        scope=split(row[4]),
+        aud=tuple(row[5].split()) if row[5] else (),
+        created_at=row[6],
+        auth_time=row[7],
+        expires_at=row[8],
+        revoked_at=row[9],
+    )
+
+
+def grant_params(grant: Grant) -> tuple[Any, ...]:
+    return (
+        grant.grant_id,
+        grant.client_id,
+        grant.user_id,
+        grant.username,
+        join(grant.scope),
+        " ".join(grant.aud),
+        grant.created_at,
+        grant.auth_time,
+        grant.expires_at,
+        grant.revoked_at,
+    )
+
+
+def code_from_row(row: Any) -> AuthorizationCode:
+    return AuthorizationCode(
+        code_hash=bytes(row[0]),
+        grant_id=row[1],
+        client_id=row[2],
+        redirect_uri=row[3],
+        code_challenge=row[4],
+        created_at=row[5],
+        expires_at=row[6],
+        used_at=row[7],
+    )
+
+
+def code_params(code: AuthorizationCode) -> tuple[Any, ...]:
+    return (
+        code.code_hash,
+        code.grant_id,
+        code.client_id,
+        code.redirect_uri,
+        code.code_challenge,
+        code.created_at,
+        code.expires_at,
+        code.used_at,
+    )
+
+
+def revoked_token_payload(row: Any) -> dict[str, Any]:
+    """The token_revoked event payload from ``token_hash, jti, client_id, kind, aud, exp``."""
+    return {
+        "token_sha256": bytes(row[0]).hex(),
+        "jti": row[1],
+        "client_id": row[2],
+        "token_type": row[3],
+        "aud": row[4].split() if row[4] else [],
+        "exp": row[5],
+    }

@@ -22,28 +22,59 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from keystile.core.models import Client, ResourceServer, SigningKey, TokenRecord
+from keystile.core.models import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    ResourceServer,
+    Session,
+    SigningKey,
+    TokenRecord,
+    User,
+)
 from keystile.errors import StoreUnavailable
 from keystile.store.base import (
     CLIENT_DELETED,
     CLIENT_DISABLED,
+    CODE_REPLAYED,
+    GRANT_REVOKED,
+    REFRESH_TOKEN_REPLAYED,
+    REFRESH_TOKEN_REVOKED,
     TOKEN_REVOKED,
+    USER_DELETED,
+    USER_DISABLED,
+    USER_REVOKE_SESSIONS,
+    USER_SESSIONS_REVOKED,
+    CodeRedemption,
     Conflict,
     Event,
+    NewToken,
     NotFound,
     PurgeResult,
+    Rotation,
 )
 from keystile.store.rows import (
     CLIENT_COLUMNS,
+    CODE_COLUMNS,
+    GRANT_COLUMNS,
     KEY_COLUMNS,
     TOKEN_COLUMNS,
+    USER_COLUMNS,
     client_from_row,
     client_params,
+    code_from_row,
+    code_params,
+    grant_from_row,
+    grant_params,
     join,
     key_from_row,
+    placeholders,
+    revoked_token_payload,
     split,
     token_from_row,
     token_params,
+    user_from_row,
+    user_params,
 )
 from keystile.store.rows import migrations as _migrations
 
@@ -248,7 +279,7 @@ class SQLiteStore:
             ).fetchone():
                 raise Conflict(f"client {client.client_id!r} exists already")
             c.execute(
-                f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES ({placeholders(CLIENT_COLUMNS)})",
                 client_params(client),
             )
 
@@ -279,14 +310,9 @@ class SQLiteStore:
             cur = c.execute(
                 "UPDATE clients SET name=?, secret_hash=?, auth_method=?, grant_types=?, scopes=?,"
                 " default_audience=?, access_token_ttl=?, enabled=?, updated_at=?,"
-                " token_format=?, jwks=? WHERE client_id=?",
-                (
-                    *client_params(client)[1:9],
-                    client.updated_at,
-                    client.token_format,
-                    client.jwks,
-                    client.client_id,
-                ),
+                " token_format=?, jwks=?, redirect_uris=?, refresh_token_ttl=?,"
+                " refresh_token_max_ttl=? WHERE client_id=?",
+                (*client_params(client)[1:9], *client_params(client)[10:], client.client_id),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no client {client.client_id!r}")
@@ -513,12 +539,17 @@ class SQLiteStore:
 
         def fn(c: sqlite3.Connection) -> bool:
             row = c.execute(
-                "SELECT client_id, jti, revoked_at, kind, exp, aud FROM tokens"
+                "SELECT client_id, jti, revoked_at, kind, exp, aud, grant_id FROM tokens"
                 " WHERE token_hash = ?",
                 (token_hash,),
             ).fetchone()
             if row is None or row[0] != client_id:
                 return False
+            if row[3] == "refresh_token" and row[6] is not None:
+                # RFC 7009 §2.1: revoking a refresh token revokes its grant, so every
+                # access token issued from it too (docs/users.md, the cascade matrix).
+                _revoke_grant(c, row[6], now, REFRESH_TOKEN_REVOKED)
+                return True
             if row[2] is None and row[4] > now:  # an expired token needs no revocation
                 c.execute(
                     "UPDATE tokens SET revoked_at = ? WHERE token_hash = ?", (now, token_hash)
@@ -593,7 +624,37 @@ class SQLiteStore:
                 break
             await asyncio.sleep(0)
         await self._purge_assertion_jtis(now, batch)
+        await self._purge_users_side(now, token_grace, batch)
         return PurgeResult(tokens=tokens, events=events)
+
+    async def _purge_users_side(self, now: int, grace: int, batch: int) -> None:
+        """Expired sessions, codes past their grace, and ended grants no token refers to."""
+        for sql, params in (
+            (
+                "DELETE FROM sessions WHERE session_hash IN"
+                " (SELECT session_hash FROM sessions WHERE expires_at < ? LIMIT ?)",
+                (now, batch),
+            ),
+            (
+                "DELETE FROM authorization_codes WHERE code_hash IN"
+                " (SELECT code_hash FROM authorization_codes WHERE expires_at < ? LIMIT ?)",
+                (now - grace, batch),
+            ),
+            (
+                "DELETE FROM grants WHERE grant_id IN (SELECT g.grant_id FROM grants g"
+                " WHERE g.expires_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM tokens t WHERE t.grant_id = g.grant_id) LIMIT ?)",
+                (now - grace, batch),
+            ),
+        ):
+
+            def fn(c: sqlite3.Connection, sql: str = sql, params: Any = params) -> int:
+                return c.execute(sql, params).rowcount
+
+            while True:
+                if await self._write(fn) < batch:
+                    break
+                await asyncio.sleep(0)  # let requests run between batches
 
     # -- signing keys, JWT access tokens, client assertions (RFC 9068, RFC 7523) ----------------
 
@@ -700,6 +761,223 @@ class SQLiteStore:
                 return total
             await asyncio.sleep(0)
 
+    # -- users, sessions, consent (issue 3) -------------------------------------------------
+
+    async def create_user(self, user: User) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            if c.execute(
+                "SELECT 1 FROM users WHERE user_id = ? OR username = ?",
+                (user.user_id, user.username),
+            ).fetchone():
+                raise Conflict(f"user {user.username!r} exists already")
+            c.execute(
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES ({placeholders(USER_COLUMNS)})",
+                user_params(user),
+            )
+
+        await self._write(fn)
+
+    async def get_user(self, user_id: str) -> User | None:
+        rows = self._query(f"SELECT {USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,))
+        return user_from_row(rows[0]) if rows else None
+
+    async def get_user_by_name(self, username: str) -> User | None:
+        rows = self._query(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,))
+        return user_from_row(rows[0]) if rows else None
+
+    async def list_users(self) -> list[User]:
+        rows = self._query(f"SELECT {USER_COLUMNS} FROM users ORDER BY username")
+        return [user_from_row(r) for r in rows]
+
+    async def update_user(self, user: User) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            other = c.execute(
+                "SELECT user_id FROM users WHERE username = ?", (user.username,)
+            ).fetchone()
+            if other is not None and other[0] != user.user_id:
+                raise Conflict(f"user {user.username!r} exists already")
+            cur = c.execute(
+                "UPDATE users SET username = ?, password_hash = ?, updated_at = ?"
+                " WHERE user_id = ?",
+                (user.username, user.password_hash, user.updated_at, user.user_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no user {user.user_id!r}")
+
+        await self._write(fn)
+
+    async def set_user_enabled(self, user_id: str, enabled: bool, now: int) -> int:
+        def fn(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE users SET enabled = ?, updated_at = ? WHERE user_id = ?",
+                (int(enabled), now, user_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no user {user_id!r}")
+            return 0 if enabled else _revoke_user(c, user_id, now, USER_DISABLED)
+
+        return await self._write(fn)
+
+    async def delete_user(self, user_id: str, now: int) -> int:
+        def fn(c: sqlite3.Connection) -> int:
+            if not c.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone():
+                raise NotFound(f"no user {user_id!r}")
+            n = _revoke_user(c, user_id, now, USER_DELETED)
+            c.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+            return n
+
+        return await self._write(fn)
+
+    async def revoke_user_sessions(self, user_id: str, now: int) -> int:
+        def fn(c: sqlite3.Connection) -> int:
+            if not c.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone():
+                raise NotFound(f"no user {user_id!r}")
+            return _revoke_user(c, user_id, now, USER_REVOKE_SESSIONS)
+
+        return await self._write(fn)
+
+    async def create_session(self, session: Session) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO sessions (session_hash, user_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (session.session_hash, session.user_id, session.created_at, session.expires_at),
+            )
+
+        await self._write(fn)
+
+    async def get_session(self, session_hash: bytes, now: int) -> tuple[Session, User] | None:
+        cols = ", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))
+        rows = self._query(
+            f"SELECT s.created_at, s.expires_at, {cols} FROM sessions s"
+            " JOIN users u ON u.user_id = s.user_id"
+            " WHERE s.session_hash = ? AND s.expires_at > ? AND u.enabled = 1",
+            (session_hash, now),
+        )
+        if not rows:
+            return None
+        user = user_from_row(rows[0][2:])
+        return Session(session_hash, user.user_id, rows[0][0], rows[0][1]), user
+
+    async def delete_session(self, session_hash: bytes) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM sessions WHERE session_hash = ?", (session_hash,))
+
+        await self._write(fn)
+
+    async def get_consent(self, user_id: str, client_id: str) -> frozenset[str] | None:
+        rows = self._query(
+            "SELECT scope FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
+        )
+        return split(rows[0][0]) if rows else None
+
+    async def set_consent(
+        self, user_id: str, client_id: str, scope: frozenset[str], now: int
+    ) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO consents (user_id, client_id, scope, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (user_id, client_id) DO UPDATE SET scope = excluded.scope,"
+                " updated_at = excluded.updated_at",
+                (user_id, client_id, join(scope), now),
+            )
+
+        await self._write(fn)
+
+    # -- authorization code grant and refresh tokens (RFC 6749 §4.1, §6; RFC 9700) ---------
+
+    async def create_authorization_code(self, grant: Grant, code: AuthorizationCode) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                f"INSERT INTO grants ({GRANT_COLUMNS}) VALUES ({placeholders(GRANT_COLUMNS)})",
+                grant_params(grant),
+            )
+            c.execute(
+                f"INSERT INTO authorization_codes ({CODE_COLUMNS})"
+                f" VALUES ({placeholders(CODE_COLUMNS)})",
+                code_params(code),
+            )
+
+        await self._write(fn)
+
+    async def redeem_authorization_code(self, code_hash: bytes, now: int) -> CodeRedemption:
+        def fn(c: sqlite3.Connection) -> CodeRedemption:
+            row = c.execute(
+                f"SELECT {CODE_COLUMNS} FROM authorization_codes WHERE code_hash = ?",
+                (code_hash,),
+            ).fetchone()
+            if row is None:
+                return CodeRedemption("unknown")
+            code = code_from_row(row)
+            grow = c.execute(
+                f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (code.grant_id,)
+            ).fetchone()
+            grant = grant_from_row(grow) if grow else None
+            if code.used_at is not None:
+                # RFC 6749 §4.1.2: a code used twice revokes what was issued from it.
+                _revoke_grant(c, code.grant_id, now, CODE_REPLAYED)
+                return CodeRedemption("replayed", code, grant)
+            if now >= code.expires_at:
+                return CodeRedemption("expired", code, grant)
+            if grant is None or not grant.is_live(now):
+                return CodeRedemption("revoked", code, grant)
+            c.execute(
+                "UPDATE authorization_codes SET used_at = ? WHERE code_hash = ?", (now, code_hash)
+            )
+            return CodeRedemption("ok", code, grant)
+
+        return await self._write(fn)
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        rows = self._query(f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,))
+        return grant_from_row(rows[0]) if rows else None
+
+    async def issue_grant_tokens(self, grant_id: str, tokens: list[NewToken], now: int) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            if not _grant_live(c, grant_id, now):
+                return False
+            _insert_tokens(c, tokens)
+            return True
+
+        return await self._write(fn)
+
+    async def rotate_refresh_token(
+        self, token_hash: bytes, tokens: list[NewToken], now: int
+    ) -> Rotation:
+        def fn(c: sqlite3.Connection) -> Rotation:
+            row = c.execute(
+                "SELECT kind, grant_id, revoked_at, rotated_at, exp FROM tokens"
+                " WHERE token_hash = ?",
+                (token_hash,),
+            ).fetchone()
+            if row is None or row[0] != "refresh_token" or row[1] is None:
+                return Rotation("unknown")
+            if row[3] is not None:
+                # RFC 9700 §4.14.2: a rotated refresh token presented again means two
+                # parties hold it; which one is the attacker is unknowable, so the grant ends.
+                n = _revoke_grant(c, row[1], now, REFRESH_TOKEN_REPLAYED)
+                return Rotation("replayed", n)
+            if row[2] is not None:
+                return Rotation("revoked")
+            if now >= row[4]:
+                return Rotation("expired")
+            if not _grant_live(c, row[1], now):
+                return Rotation("revoked")
+            c.execute(
+                "UPDATE tokens SET rotated_at = ?, revoked_at = ? WHERE token_hash = ?",
+                (now, now, token_hash),
+            )
+            _insert_tokens(c, tokens)
+            return Rotation("ok")
+
+        return await self._write(fn)
+
+    async def revoke_grant(self, grant_id: str, now: int, reason: str) -> int:
+        def fn(c: sqlite3.Connection) -> int:
+            return _revoke_grant(c, grant_id, now, reason)
+
+        return await self._write(fn)
+
 
 def _set_rs_clients(c: sqlite3.Connection, rs: ResourceServer) -> None:
     for client_id in sorted(rs.introspection_clients):
@@ -717,10 +995,96 @@ def _set_rs_clients(c: sqlite3.Connection, rs: ResourceServer) -> None:
 
 
 def _revoke_client_tokens(c: sqlite3.Connection, client_id: str, now: int) -> int:
+    # Its grants too, so an outstanding code or refresh token of them can never be used.
+    c.execute(
+        "UPDATE grants SET revoked_at = ? WHERE client_id = ? AND revoked_at IS NULL",
+        (now, client_id),
+    )
     return c.execute(
         "UPDATE tokens SET revoked_at = ? WHERE client_id = ? AND revoked_at IS NULL AND exp > ?",
         (now, client_id, now),
     ).rowcount
+
+
+_REVOKED_COLUMNS = "token_hash, jti, client_id, kind, aud, exp"
+
+
+def _revoke_tokens(c: sqlite3.Connection, where: str, params: tuple[Any, ...], now: int) -> int:
+    """Revoke the live tokens matching ``where``, each with its token_revoked event."""
+    rows = c.execute(
+        f"SELECT {_REVOKED_COLUMNS} FROM tokens WHERE {where} AND revoked_at IS NULL AND exp > ?",
+        (*params, now),
+    ).fetchall()
+    for row in rows:
+        c.execute("UPDATE tokens SET revoked_at = ? WHERE token_hash = ?", (now, row[0]))
+        _append_event(c, TOKEN_REVOKED, now, revoked_token_payload(row))
+    return len(rows)
+
+
+def _revoke_grant(c: sqlite3.Connection, grant_id: str, now: int, reason: str) -> int:
+    """Revoke one grant and its live tokens, with events; the number of tokens revoked."""
+    row = c.execute(
+        "SELECT client_id, user_id, revoked_at FROM grants WHERE grant_id = ?", (grant_id,)
+    ).fetchone()
+    if row is None:
+        return 0
+    if row[2] is None:
+        c.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", (now, grant_id))
+    n = _revoke_tokens(c, "grant_id = ?", (grant_id,), now)
+    if row[2] is None or n:
+        _append_event(
+            c,
+            GRANT_REVOKED,
+            now,
+            {
+                "grant_id": grant_id,
+                "client_id": row[0],
+                "sub": row[1],
+                "reason": reason,
+                "tokens_revoked": n,
+            },
+        )
+    return n
+
+
+def _revoke_user(c: sqlite3.Connection, user_id: str, now: int, reason: str) -> int:
+    """End a user's sessions and revoke all their grants and tokens, with events."""
+    c.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+    grants = c.execute(
+        "UPDATE grants SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+        (now, user_id),
+    ).rowcount
+    n = _revoke_tokens(
+        c, "grant_id IN (SELECT grant_id FROM grants WHERE user_id = ?)", (user_id,), now
+    )
+    _append_event(
+        c,
+        USER_SESSIONS_REVOKED,
+        now,
+        {"sub": user_id, "reason": reason, "grants_revoked": grants, "tokens_revoked": n},
+    )
+    return n
+
+
+def _grant_live(c: sqlite3.Connection, grant_id: str, now: int) -> bool:
+    row = c.execute(
+        "SELECT 1 FROM grants WHERE grant_id = ? AND revoked_at IS NULL AND expires_at > ?",
+        (grant_id, now),
+    ).fetchone()
+    return row is not None
+
+
+def _insert_tokens(c: sqlite3.Connection, tokens: list[NewToken]) -> None:
+    for token in tokens:
+        c.execute(
+            f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({placeholders(TOKEN_COLUMNS)})",
+            token_params(token.record),
+        )
+        if token.kid is not None:  # a JWT: its key stays published while it lives
+            c.execute(
+                "UPDATE signing_keys SET not_after = ? WHERE kid = ? AND not_after < ?",
+                (token.not_after, token.kid, token.record.exp),
+            )
 
 
 def _append_event(c: sqlite3.Connection, type_: str, now: int, payload: dict[str, Any]) -> None:
