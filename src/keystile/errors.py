@@ -83,6 +83,13 @@ class IntrospectionForbidden(OAuthError):
     error, status_code = "unauthorized_client", 403
 
 
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2: the code or refresh token is invalid, expired, revoked, used before,
+    or bound to another client or redirect URI."""
+
+    error, status_code = "invalid_grant", 400
+
+
 class UnsupportedGrantType(OAuthError):
     error, status_code = "unsupported_grant_type", 400
 

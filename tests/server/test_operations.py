@@ -23,7 +23,8 @@ class TestMetadata:
 
         assert r.status_code == 200
         assert r.headers["content-type"] == "application/json"
-        methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+        confidential = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+        methods = [*confidential, "none"]  # public clients: code, refresh, revoke (issue 3)
         body = r.json()
         # The JWT members (issue 4) are pinned down in tests/server/test_jwt_keys.py.
         for name in (
@@ -36,14 +37,18 @@ class TestMetadata:
             body.pop(name)
         assert body == {
             "issuer": ISSUER,
+            "authorization_endpoint": ISSUER + "/oauth2/authorize",
             "token_endpoint": ISSUER + TOKEN,
             "introspection_endpoint": ISSUER + INTROSPECT,
             "revocation_endpoint": ISSUER + REVOKE,
-            "grant_types_supported": ["client_credentials"],
-            "response_types_supported": [],
+            "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],  # RFC 7636 §6.2; plain refused
+            "authorization_response_iss_parameter_supported": True,  # RFC 9207 §3
             "scopes_supported": ["read", "write"],
             "token_endpoint_auth_methods_supported": methods,
-            "introspection_endpoint_auth_methods_supported": methods,
+            "introspection_endpoint_auth_methods_supported": confidential,
             "revocation_endpoint_auth_methods_supported": methods,
             "keystile_events_endpoint": f"{ISSUER}/events",
         }
@@ -52,7 +57,12 @@ class TestMetadata:
         """Every endpoint URL starts with the issuer identifier (RFC 8414 §2, §3.3)."""
         body = (await http.get(METADATA)).json()
 
-        for name in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
+        for name in (
+            "authorization_endpoint",
+            "token_endpoint",
+            "introspection_endpoint",
+            "revocation_endpoint",
+        ):
             assert body[name].startswith(body["issuer"] + "/")
 
     async def test_scopes_follow_registry(self, http, setup, register_client, store, clock):

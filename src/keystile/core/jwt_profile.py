@@ -44,8 +44,11 @@ def published_until(exp: int) -> int:
     return -(-exp // PUBLISH_GRANULARITY) * PUBLISH_GRANULARITY
 
 
-def access_token_claims(record: TokenRecord, *, issuer: str) -> dict[str, Any]:
-    """The claims of an RFC 9068 §2.2 access token for a stored record."""
+def access_token_claims(
+    record: TokenRecord, *, issuer: str, auth_time: int | None = None
+) -> dict[str, Any]:
+    """The claims of an RFC 9068 §2.2 access token for a stored record (``auth_time``:
+    when the user signed in, §2.2.1, for tokens of the authorization code grant)."""
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": record.sub if record.sub is not None else record.client_id,
@@ -58,6 +61,8 @@ def access_token_claims(record: TokenRecord, *, issuer: str) -> dict[str, Any]:
     }
     if record.scope:
         claims["scope"] = format_scope(record.scope)  # §2.2.3: space-delimited, as in §3.3
+    if auth_time is not None:
+        claims["auth_time"] = auth_time
     return claims
 
 
@@ -69,9 +74,12 @@ def sign_jwt(claims: dict[str, Any], signer: Signer, *, typ: str) -> str:
     )
 
 
-def sign_access_token(record: TokenRecord, *, issuer: str, signer: Signer) -> str:
+def sign_access_token(
+    record: TokenRecord, *, issuer: str, signer: Signer, auth_time: int | None = None
+) -> str:
     """The JWT for ``record``: header ``typ: at+jwt`` and ``kid`` (RFC 9068 §2.1)."""
-    return sign_jwt(access_token_claims(record, issuer=issuer), signer, typ=AT_JWT_TYP)
+    claims = access_token_claims(record, issuer=issuer, auth_time=auth_time)
+    return sign_jwt(claims, signer, typ=AT_JWT_TYP)
 
 
 def verify_access_token(token: str, ring: KeyRing, *, issuer: str, now: int) -> bytes | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from keystile.core.models import AUTH_METHODS, GRANT_TYPES
+from keystile.core.models import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a URL path, not a secret
 INTROSPECTION_PATH = "/oauth2/introspect"
@@ -13,6 +13,7 @@ REVOCATION_PATH = "/oauth2/revoke"
 EVENTS_PATH = "/events"
 JWKS_PATH = "/oauth2/jwks"  # RFC 8414 §2 jwks_uri: the keys our JWTs are signed with
 METADATA_PATH = "/.well-known/oauth-authorization-server"
+AUTHORIZATION_PATH = "/oauth2/authorize"
 
 
 def server_metadata(
@@ -24,18 +25,25 @@ def server_metadata(
     auth_signing_algs: Sequence[str] = (),
 ) -> dict[str, Any]:
     base = issuer.rstrip("/")
+    # "none": public clients redeem codes and refresh tokens and revoke their own tokens;
+    # only confidential clients introspect.
     methods = list(AUTH_METHODS)
     body: dict[str, Any] = {
         "issuer": issuer,
+        "authorization_endpoint": base + AUTHORIZATION_PATH,
         "token_endpoint": base + TOKEN_PATH,
         "introspection_endpoint": base + INTROSPECTION_PATH,
         "revocation_endpoint": base + REVOCATION_PATH,
         "grant_types_supported": list(GRANT_TYPES),
-        # No authorization endpoint yet, so no response type is supported (§2 REQUIRED).
-        "response_types_supported": [],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        # RFC 7636 §6.2: S256 only; plain is refused (RFC 9700 §2.1.1).
+        "code_challenge_methods_supported": ["S256"],
+        # RFC 9207 §3: every authorization response carries iss.
+        "authorization_response_iss_parameter_supported": True,
         "scopes_supported": sorted(scopes),
         "token_endpoint_auth_methods_supported": methods,
-        "introspection_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
         "revocation_endpoint_auth_methods_supported": methods,
         # An extension (RFC 8414 §2 allows more members): where resource servers subscribe
         # to revocation events (Server-Sent Events, HTTP Basic as an introspecting client).

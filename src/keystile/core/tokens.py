@@ -1,8 +1,9 @@
 """Opaque tokens: recognizable, high-entropy, checksummed, and stored only as SHA-256.
 
 Format: ``ks_<kind>_<43 chars base64url of 32 random bytes><6 chars checksum>``, where
-kind is ``at`` (access token), ``rt`` (refresh token) or ``ac`` (authorization code) and the checksum is the CRC-32 of
-prefix and random part in base64url (6 chars carry its 32 bits). The prefix lets secret
+kind is ``at`` (access token), ``rt`` (refresh token) or ``ac`` (authorization code) and
+the checksum is the CRC-32 of prefix and random part in base64url (6 chars carry its 32
+bits). The prefix lets secret
 scanners match our tokens; the checksum lets the server reject garbage and typos before
 any I/O. Neither adds secrecy: the 256 random bits do that. Client secrets use the same
 scheme with kind ``cs``.

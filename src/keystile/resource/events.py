@@ -5,6 +5,8 @@ Connects to the AS's event endpoint (Server-Sent Events; see docs/events.md), re
 
 - ``token_revoked``: evict that token (the event carries its SHA-256, our cache key);
 - ``client_disabled`` / ``client_deleted``: evict that client's tokens;
+- ``grant_revoked`` / ``user_sessions_revoked``: nothing more to do: every token such a
+  cascade revokes comes with its own ``token_revoked`` event in the same transaction;
 - ``reset`` or an event type this version does not know: flush everything (safe side);
 - ``ready``: the stream is live; the cache leaves degraded mode.
 
@@ -29,7 +31,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keystile.resource")
 
-_KNOWN = frozenset({"token_revoked", "client_disabled", "client_deleted", "reset", "ready"})
+_KNOWN = frozenset(
+    {
+        "token_revoked",
+        "client_disabled",
+        "client_deleted",
+        "grant_revoked",
+        "user_sessions_revoked",
+        "reset",
+        "ready",
+    }
+)
 
 
 class EventParser:

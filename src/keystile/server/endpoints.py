@@ -30,17 +30,34 @@ from keystile.core.issuance import TokenGrant, client_credentials_grant
 from keystile.core.jwt_introspection import JWT_MEDIA_TYPE, introspection_jwt, response_shape
 from keystile.core.jwt_profile import looks_like_jwt, published_until, sign_access_token
 from keystile.core.metadata import TOKEN_PATH
-from keystile.core.models import Client, ResourceServer, TokenRecord
+from keystile.core.models import Client, Grant, ResourceServer, TokenRecord
 from keystile.core.scope import format_scope
-from keystile.core.tokens import new_access_token, new_jti, token_hash, token_kind
+from keystile.core.tokens import (
+    new_access_token,
+    new_jti,
+    new_refresh_token,
+    token_hash,
+    token_kind,
+)
+from keystile.core.user_grants import (
+    BAD_CODE,
+    BAD_REFRESH,
+    TokenShape,
+    access_record,
+    check_code,
+    refresh_record,
+    refresh_shape,
+)
 from keystile.errors import (
     IntrospectionForbidden,
+    InvalidGrant,
     InvalidRequest,
     InvalidTarget,
     MethodNotAllowed,
     OAuthError,
     StoreUnavailable,
     TooManyRequests,
+    UnauthorizedClient,
     UnsupportedGrantType,
 )
 from keystile.server.http import (
@@ -58,7 +75,7 @@ from keystile.server.logs import request_id
 from keystile.server.metrics import ServerMetrics
 from keystile.server.throttle import FailureThrottle, Throttle
 from keystile.settings import ServerSettings
-from keystile.store.base import Store
+from keystile.store.base import NewToken, Store
 
 log = logging.getLogger("keystile.server")
 
@@ -299,12 +316,22 @@ class OAuthEndpoints:
 
         return app
 
-    async def authenticate(self, call: Call) -> Client:
-        """RFC 6749 §2.3: authenticate the calling client, throttling repeated failures."""
+    async def authenticate(self, call: Call, *, allow_public: bool = False) -> Client:
+        """RFC 6749 §2.3: authenticate the calling client, throttling repeated failures.
+
+        With ``allow_public``, a request without credentials may name a public client by
+        ``client_id`` (RFC 6749 §3.2.1, RFC 7009 §2.1); a confidential client must always
+        authenticate.
+        """
         if has_assertion(call.form):
             return await self._authenticate_assertion(call)  # RFC 7523 §2.2
         creds = extract_credentials(call.authorization, call.form)
         if creds is None:
+            client_id = call.form.get("client_id")
+            if allow_public and client_id:
+                public = await self.store.get_client(client_id)
+                if public is not None and public.is_public and public.enabled:
+                    return public
             raise invalid_client("client authentication required")
         keys = ("c:" + creds.client_id, "a:" + call.source)
         wait = self.throttle.retry_after(*keys)
@@ -328,14 +355,23 @@ class OAuthEndpoints:
     # -- endpoints ------------------------------------------------------------------------------
 
     async def token(self, call: Call) -> Result:
-        """Token endpoint (RFC 6749 §3.2, §4.4, §5)."""
-        client = await self.authenticate(call)
+        """Token endpoint (RFC 6749 §3.2, §4.1.3, §4.4, §5, §6)."""
         form = call.form
         grant_type = form.get("grant_type")
+        # Public clients may redeem codes and refresh tokens (bound to them, and to a PKCE
+        # verifier); only confidential clients get client_credentials tokens.
+        user_grant = grant_type in ("authorization_code", "refresh_token")
+        client = await self.authenticate(call, allow_public=user_grant)
         if grant_type is None:
             raise InvalidRequest("missing parameter: grant_type")
+        if grant_type == "authorization_code":
+            return await self._code_grant(call, client)
+        if grant_type == "refresh_token":
+            return await self._refresh_grant(call, client)
         if grant_type != "client_credentials":
-            raise UnsupportedGrantType("only grant_type=client_credentials is supported")
+            raise UnsupportedGrantType(
+                "grant_type must be authorization_code, refresh_token or client_credentials"
+            )
         grant = client_credentials_grant(
             client,
             requested_scope=form.get("scope"),
@@ -416,8 +452,8 @@ class OAuthEndpoints:
         return 200, body
 
     async def revoke(self, call: Call) -> Result:
-        """Revocation endpoint (RFC 7009 §2)."""
-        client = await self.authenticate(call)
+        """Revocation endpoint (RFC 7009 §2). Public clients name themselves (§2.1)."""
+        client = await self.authenticate(call, allow_public=True)
         form = call.form
         token = form.get("token")
         if token is None:
@@ -442,6 +478,158 @@ class OAuthEndpoints:
                 },
             )
         return 200, _NO_BODY
+
+    # -- people: authorization code and refresh token grants (issue 3) -----------------------
+
+    async def _code_grant(self, call: Call, client: Client) -> Result:
+        """RFC 6749 §4.1.3 with PKCE (RFC 7636 §4.5): a code is good exactly once."""
+        if "authorization_code" not in client.grant_types:
+            raise UnauthorizedClient("client is not allowed to use the authorization_code grant")
+        form = call.form
+        code = form.get("code")
+        redirect_uri = form.get("redirect_uri")
+        verifier = form.get("code_verifier")
+        # A malformed request does not use up the code: check what is missing first.
+        if code is None:
+            raise InvalidRequest("missing parameter: code")
+        if redirect_uri is None:
+            raise InvalidRequest("missing parameter: redirect_uri")
+        if verifier is None:
+            raise InvalidRequest("missing parameter: code_verifier (PKCE is required)")
+        if token_kind(code) != "authorization_code":
+            raise InvalidGrant(BAD_CODE)
+        now = self.clock.now()
+        found = await self.store.redeem_authorization_code(token_hash(code), now)
+        if found.outcome == "replayed":
+            # §4.1.2: the tokens issued from it are revoked now (the store did it, with
+            # events, in the same transaction).
+            self.on_event()
+            self.metrics.replays.labels("authorization_code").inc()
+            log.warning(
+                "authorization code replayed; its grant is revoked",
+                extra={
+                    "client_id": client.client_id,
+                    "grant_id": found.code.grant_id if found.code else None,
+                    "source": call.source,
+                },
+            )
+            raise InvalidGrant(BAD_CODE)
+        if found.outcome != "ok" or found.code is None or found.grant is None:
+            raise InvalidGrant(BAD_CODE)
+        check_code(found.code, client, redirect_uri=redirect_uri, verifier=verifier)
+        grant = found.grant
+        shape = TokenShape(grant.scope, grant.aud)
+        return await self._issue_user_tokens(client, grant, shape, now, rotate=None)
+
+    async def _refresh_grant(self, call: Call, client: Client) -> Result:
+        """RFC 6749 §6 with rotation: every use gives a new refresh token and retires the
+        old one; presenting a retired one revokes the grant (RFC 9700 §4.14.2)."""
+        if "refresh_token" not in client.grant_types:
+            raise UnauthorizedClient("client is not allowed to use the refresh_token grant")
+        form = call.form
+        value = form.get("refresh_token")
+        if value is None:
+            raise InvalidRequest("missing parameter: refresh_token")
+        if token_kind(value) != "refresh_token":
+            raise InvalidGrant(BAD_REFRESH)
+        digest = token_hash(value)
+        old = await self.store.find_token(digest)
+        # Bound to the client it was issued to (§6); another client's refresh token is
+        # refused without touching it.
+        if (
+            old is None
+            or old.kind != "refresh_token"
+            or old.grant_id is None
+            or old.client_id != client.client_id
+        ):
+            raise InvalidGrant(BAD_REFRESH)
+        grant = await self.store.get_grant(old.grant_id)
+        if grant is None:
+            raise InvalidGrant(BAD_REFRESH)
+        shape = refresh_shape(
+            grant, requested_scope=form.get("scope"), resources=form.getall("resource")
+        )
+        now = self.clock.now()
+        return await self._issue_user_tokens(client, grant, shape, now, rotate=digest)
+
+    async def _issue_user_tokens(
+        self, client: Client, grant: Grant, shape: TokenShape, now: int, *, rotate: bytes | None
+    ) -> Result:
+        """Access token (opaque or RFC 9068 JWT) plus, for clients with the refresh_token
+        grant, a refresh token; stored in one transaction that re-checks the grant."""
+        tokens: list[NewToken] = []
+        if client.token_format == "jwt":  # noqa: S105 - a format name, not a secret
+            if not shape.aud:
+                raise InvalidTarget(
+                    "a JWT access token needs an audience: send resource, or give the client a "
+                    "default audience"
+                )
+            signer = await self.signing.signer()
+            draft = access_record(client, grant, shape, now, b"")
+            access = sign_access_token(
+                draft, issuer=self.issuer, signer=signer, auth_time=grant.auth_time
+            )
+            record = replace(draft, token_hash=token_hash(access))
+            self.signing.ring.remember(record.token_hash, signer.kid)
+            tokens.append(NewToken(record, signer.kid, published_until(record.exp)))
+        else:
+            access = new_access_token()
+            record = access_record(client, grant, shape, now, token_hash(access))
+            tokens.append(NewToken(record))
+        refresh: str | None = None
+        if "refresh_token" in client.grant_types:
+            refresh = new_refresh_token()
+            next_refresh = refresh_record(client, grant, now, token_hash(refresh))
+            if next_refresh is None:  # the grant's absolute lifetime is over
+                if rotate is not None:
+                    raise InvalidGrant(BAD_REFRESH)
+                refresh = None
+            else:
+                tokens.append(NewToken(next_refresh))
+        if rotate is None:
+            if not await self.store.issue_grant_tokens(grant.grant_id, tokens, now):
+                raise InvalidGrant(BAD_CODE)
+            grant_type = "authorization_code"
+        else:
+            rotation = await self.store.rotate_refresh_token(rotate, tokens, now)
+            if rotation.outcome == "replayed":
+                self.on_event()
+                self.metrics.replays.labels("refresh_token").inc()
+                log.warning(
+                    "refresh token replayed; its grant is revoked",
+                    extra={
+                        "client_id": client.client_id,
+                        "grant_id": grant.grant_id,
+                        "tokens_revoked": rotation.tokens_revoked,
+                    },
+                )
+                raise InvalidGrant(BAD_REFRESH)
+            if rotation.outcome != "ok":
+                raise InvalidGrant(BAD_REFRESH)
+            grant_type = "refresh_token"
+        self.metrics.tokens_issued.labels(grant_type).inc()
+        log.info(
+            "token issued",
+            extra={
+                "client_id": client.client_id,
+                "grant_type": grant_type,
+                "grant_id": grant.grant_id,
+                "sub": grant.user_id,
+                "jti": record.jti,
+                "scope": format_scope(shape.scope),
+                "aud": list(shape.aud),
+            },
+        )
+        body: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": client.access_token_ttl,
+        }
+        if shape.scope:
+            body["scope"] = format_scope(shape.scope)
+        if refresh is not None:
+            body["refresh_token"] = refresh
+        return 200, body
 
     # -- JWT access tokens, signed introspection answers, private_key_jwt (issue 4) ----------
 

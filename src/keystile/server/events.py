@@ -33,7 +33,7 @@ from keystile.errors import IntrospectionForbidden, MethodNotAllowed, OAuthError
 from keystile.events.bus import EventBus
 from keystile.server.endpoints import Call, OAuthEndpoints, _read_headers, _source
 from keystile.server.http import Receive, Scope, Send, send_json
-from keystile.store.base import TOKEN_REVOKED, Event
+from keystile.store.base import GRANT_REVOKED, TOKEN_REVOKED, USER_SESSIONS_REVOKED, Event
 
 log = logging.getLogger("keystile.events")
 
@@ -44,8 +44,14 @@ _PAGE = 500
 
 def event_visible(rs: ResourceServer, event: Event) -> bool:
     """May this resource server learn of this event? Token events follow introspection's
-    visibility rules (RFC 7662 §4); client-level events concern every cache."""
-    if event.type != TOKEN_REVOKED or "any" in rs.rules:
+    visibility rules (RFC 7662 §4); client-level events concern every cache. Cascade
+    summaries (a grant, a user's sessions) name a user, and every token they revoked has its
+    own token_revoked event, so only "any" resource servers get them."""
+    if "any" in rs.rules:
+        return True
+    if event.type in (GRANT_REVOKED, USER_SESSIONS_REVOKED):
+        return False
+    if event.type != TOKEN_REVOKED:
         return True
     payload = event.payload
     if rs.identifier in payload.get("aud", ()):

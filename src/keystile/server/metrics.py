@@ -58,6 +58,12 @@ class ServerMetrics:
             "Tokens revoked through the revocation endpoint.",
             registry=self.registry,
         )
+        self.replays = Counter(
+            "keystile_replays_detected",
+            "Authorization codes or refresh tokens presented again; each revoked its grant.",
+            ["kind"],
+            registry=self.registry,
+        )
         # Children resolved once: labels() takes a lock and a dict lookup per call.
         self.ok = {e: self.requests.labels(e, "ok") for e in ENDPOINTS}
         self.timer = {e: self.latency.labels(e) for e in ENDPOINTS}

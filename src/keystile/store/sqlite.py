@@ -1027,7 +1027,9 @@ def _revoke_grant(c: sqlite3.Connection, grant_id: str, now: int, reason: str) -
         "SELECT client_id, user_id, revoked_at FROM grants WHERE grant_id = ?", (grant_id,)
     ).fetchone()
     if row is None:
-        return 0
+        # No such grant (never stored, or purged): any token naming it is revoked all the
+        # same, so that revoking a refresh token never answers yes and leaves it live.
+        return _revoke_tokens(c, "grant_id = ?", (grant_id,), now)
     if row[2] is None:
         c.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", (now, grant_id))
     n = _revoke_tokens(c, "grant_id = ?", (grant_id,), now)
