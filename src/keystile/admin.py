@@ -1,15 +1,18 @@
-"""Administration of clients and resource servers: the operations behind the CLI.
+"""Administration of clients, resource servers and users: the operations behind the CLI.
 
 Validation lives here, so the CLI, the demo setup and tests create records the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from keystile.clock import Clock
 from keystile.core.issuance import check_resource_uri
@@ -22,14 +25,24 @@ from keystile.core.models import (
     TOKEN_FORMATS,
     Client,
     ResourceServer,
+    User,
 )
+from keystile.core.passwords import PasswordPolicyError, check_policy, hash_password
 from keystile.core.scope import parse_scope
 from keystile.core.tokens import new_client_secret, token_hash
 from keystile.errors import ConfigurationError, OAuthError
-from keystile.store.base import NotFound, Store
+from keystile.store.base import Conflict, NotFound, Store
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 MAX_TTL = 86400 * 30
+# Refresh tokens (docs/cli.md): the idle lifetime of each one, and the absolute lifetime
+# of the grant they come from.
+MIN_REFRESH_TTL = 60
+MAX_REFRESH_TTL = 86400 * 365
+# Hosts a native app's plain-http redirect may name (RFC 8252 §7.3, §8.3).
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+MAX_REDIRECT_URI_LENGTH = 2000
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
 def _check_client_id(client_id: str) -> str:
@@ -87,17 +100,24 @@ async def create_client(
     client_id: str,
     name: str | None = None,
     auth_method: str = "client_secret_basic",
-    grant_types: Iterable[str] = ("client_credentials",),
+    grant_types: Iterable[str] | None = None,
     scopes: Iterable[str] = (),
     default_audience: Iterable[str] = (),
     access_token_ttl: int = 3600,
     token_format: str = "opaque",  # noqa: S107 - a format name, not a secret
     jwks: str | None = None,
+    redirect_uris: Iterable[str] = (),
+    refresh_token_ttl: int | None = None,
+    refresh_token_max_ttl: int | None = None,
 ) -> tuple[Client, str]:
     """Register a client; returns it with its generated secret (shown once, stored hashed).
 
-    A ``private_key_jwt`` client authenticates with its ``jwks`` instead (RFC 7523); its
-    generated secret is of no use until it switches to a secret method.
+    A ``private_key_jwt`` client authenticates with its ``jwks`` instead (RFC 7523), and a
+    public client (``auth_method="none"``) does not authenticate at all; their generated
+    secret is of no use until they switch to a secret method.
+
+    ``grant_types`` defaults to client_credentials for a confidential client without
+    redirect URIs, else to authorization_code and refresh_token.
     """
     _check_client_id(client_id)
     _check_choice("auth method", auth_method, AUTH_METHODS)
@@ -105,6 +125,10 @@ async def create_client(
     jwks = _jwks(jwks)
     if auth_method == "private_key_jwt" and jwks is None:
         raise ConfigurationError("private_key_jwt needs the client's public keys: give --jwks")
+    uris = _redirect_uris(redirect_uris)
+    if grant_types is None:
+        interactive = auth_method == "none" or bool(uris)
+        grant_types = ("authorization_code", "refresh_token") if interactive else GRANT_TYPES[:1]
     grants = frozenset(grant_types)
     for grant in grants:
         _check_choice("grant type", grant, GRANT_TYPES)
@@ -124,7 +148,14 @@ async def create_client(
         updated_at=now,
         token_format=token_format,  # type: ignore[arg-type]
         jwks=jwks,
+        redirect_uris=uris,
     )
+    refresh: dict[str, Any] = {}
+    if refresh_token_ttl is not None:
+        refresh["refresh_token_ttl"] = refresh_token_ttl
+    if refresh_token_max_ttl is not None:
+        refresh["refresh_token_max_ttl"] = refresh_token_max_ttl
+    client = _check_client(replace(client, **refresh))
     await store.create_client(client)
     return client, secret
 
@@ -149,7 +180,11 @@ async def update_client(
     access_token_ttl: int | None = None,
     token_format: str | None = None,
     jwks: str | None = None,
+    redirect_uris: Iterable[str] | None = None,
+    refresh_token_ttl: int | None = None,
+    refresh_token_max_ttl: int | None = None,
 ) -> Client:
+    """Change the settings given; lists (grant types, redirect URIs, ...) are replaced."""
     client = await get_client(store, client_id)
     changes: dict[str, Any] = {"updated_at": clock.now()}
     if name is not None:
@@ -173,16 +208,116 @@ async def update_client(
         changes["token_format"] = token_format
     if jwks is not None:
         changes["jwks"] = _jwks(jwks)
+    if redirect_uris is not None:
+        changes["redirect_uris"] = _redirect_uris(redirect_uris)
+    if refresh_token_ttl is not None:
+        changes["refresh_token_ttl"] = refresh_token_ttl
+    if refresh_token_max_ttl is not None:
+        changes["refresh_token_max_ttl"] = refresh_token_max_ttl
     updated = replace(client, **changes)
     if updated.auth_method == "private_key_jwt" and updated.jwks is None:
         raise ConfigurationError("private_key_jwt needs the client's public keys: give --jwks")
+    _check_client(updated)
+    if updated.is_public and not client.is_public:
+        rs = await store.resource_server_for_client(client_id)
+        if rs is not None:
+            raise ConfigurationError(
+                f"client {client_id!r} introspects for resource server {rs.identifier!r}: "
+                "a public client cannot (it does not authenticate)"
+            )
     await store.update_client(updated)
     return updated
+
+
+def _check_client(client: Client) -> Client:
+    """Rules across a client's settings, checked on the client as it will be stored."""
+    grants = client.grant_types
+    if client.is_public and "client_credentials" in grants:
+        raise ConfigurationError(
+            "a public client (auth method none) cannot use the client_credentials grant: "
+            "it has no credentials"
+        )
+    if "authorization_code" in grants and not client.redirect_uris:
+        raise ConfigurationError(
+            "the authorization_code grant needs at least one redirect URI: give --redirect-uri"
+        )
+    if "refresh_token" in grants and "authorization_code" not in grants:
+        raise ConfigurationError(
+            "the refresh_token grant needs the authorization_code grant "
+            "(refresh tokens come only from it)"
+        )
+    if not MIN_REFRESH_TTL <= client.refresh_token_ttl <= MAX_REFRESH_TTL:
+        raise ConfigurationError(
+            f"refresh-token lifetime must be {MIN_REFRESH_TTL}..{MAX_REFRESH_TTL} seconds"
+        )
+    if not client.refresh_token_ttl <= client.refresh_token_max_ttl <= MAX_REFRESH_TTL:
+        raise ConfigurationError(
+            f"refresh-token maximum lifetime must be {client.refresh_token_ttl} (the "
+            f"refresh-token lifetime)..{MAX_REFRESH_TTL} seconds"
+        )
+    return client
+
+
+def _redirect_uris(values: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        _check_redirect_uri(value)
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def _check_redirect_uri(value: str) -> None:
+    """A redirect URI a client may register (RFC 6749 §3.1.2; RFC 9700 §2.1; RFC 8252 §7).
+
+    Matched exactly at the authorization endpoint, so only what can be matched safely:
+    absolute, no fragment, ASCII without whitespace; https anywhere, plain http only to a
+    loopback host (a native app's local listener), or a private-use scheme in reverse
+    domain form such as ``com.example.app:/cb``.
+    """
+
+    def bad(reason: str) -> ConfigurationError:
+        return ConfigurationError(f"redirect URI {value!r}: {reason}")
+
+    if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise bad("no whitespace, control or non-ASCII characters (percent-encode them)")
+    if len(value) > MAX_REDIRECT_URI_LENGTH:
+        raise bad(f"at most {MAX_REDIRECT_URI_LENGTH} characters")
+    if "#" in value:
+        raise bad("must not have a fragment (RFC 6749 section 3.1.2)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise bad("not a valid URI") from None
+    scheme = parts.scheme.lower()
+    if not scheme or not _SCHEME.fullmatch(scheme):
+        raise bad("must be an absolute URI")
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise bad("must be an absolute URI with a host")
+        if parts.username is not None or parts.password is not None:
+            raise bad("must not carry user information")
+        if scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+            raise bad(
+                "plain http only to a loopback host (127.0.0.1, [::1] or localhost; "
+                "RFC 8252 section 7.3); use https"
+            )
+        return
+    if "." not in scheme or not parts.path.startswith("/") or parts.netloc:
+        raise bad(
+            "use https, http to a loopback host, or a private-use scheme in reverse domain "
+            "form such as com.example.app:/callback (RFC 8252 section 7.1)"
+        )
 
 
 async def rotate_secret(store: Store, clock: Clock, client_id: str) -> tuple[Client, str]:
     """A new secret for a client; the old one stops working at once."""
     client = await get_client(store, client_id)
+    if client.is_public:
+        raise ConfigurationError(
+            f"client {client_id!r} is public (auth method none) and has no secret"
+        )
     secret = new_client_secret()
     updated = replace(client, secret_hash=token_hash(secret), updated_at=clock.now())
     await store.update_client(updated)
@@ -202,6 +337,7 @@ async def create_resource_server(
 ) -> ResourceServer:
     _check_identifier(identifier)
     _check_choice("introspection response", introspection_response, INTROSPECTION_RESPONSES)
+    await _check_introspectors(store, introspection_clients)
     now = clock.now()
     rs = ResourceServer(
         identifier=identifier,
@@ -240,6 +376,7 @@ async def update_resource_server(
     if name is not None:
         changes["name"] = name
     if introspection_clients is not None:
+        await _check_introspectors(store, introspection_clients)
         changes["introspection_clients"] = frozenset(introspection_clients)
     if claims is not None:
         changes["claims"] = _claims(claims)
@@ -251,6 +388,17 @@ async def update_resource_server(
     updated = replace(rs, **changes)
     await store.update_resource_server(updated)
     return updated
+
+
+async def _check_introspectors(store: Store, client_ids: Iterable[str]) -> None:
+    """Only confidential clients introspect: a public one proves nothing about itself."""
+    for client_id in client_ids:
+        client = await store.get_client(client_id)
+        if client is not None and client.is_public:
+            raise ConfigurationError(
+                f"client {client_id!r} is public (auth method none): it cannot introspect "
+                "for a resource server"
+            )
 
 
 def _claims(values: Iterable[str] | None) -> frozenset[str]:
@@ -297,6 +445,9 @@ def client_view(client: Client) -> dict[str, Any]:
         "updated_at": client.updated_at,
         "token_format": client.token_format,
         "jwks": None if client.jwks is None else json.loads(client.jwks),
+        "redirect_uris": list(client.redirect_uris),
+        "refresh_token_ttl": client.refresh_token_ttl,
+        "refresh_token_max_ttl": client.refresh_token_max_ttl,
     }
 
 
@@ -310,4 +461,106 @@ def resource_server_view(rs: ResourceServer) -> dict[str, Any]:
         "introspection_response": rs.introspection_response,
         "created_at": rs.created_at,
         "updated_at": rs.updated_at,
+    }
+
+
+# -- users (people who sign in; docs/cli.md) -------------------------------------------------
+
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+USER_ID_PREFIX = "usr_"
+
+
+def check_username(username: str) -> str:
+    """A valid username, lower-cased as stored (so sign-in ignores case)."""
+    if not _USERNAME.fullmatch(username):
+        raise ConfigurationError(
+            "username must be 1-128 characters of letters, digits and . _ @ + -, "
+            "starting with a letter or digit"
+        )
+    name = username.lower()
+    if name.startswith(USER_ID_PREFIX):
+        # User ids start so: a name that did too could be read as someone else's id.
+        raise ConfigurationError(f"a username may not start with {USER_ID_PREFIX!r}")
+    return name
+
+
+async def _hash(password: str) -> str:
+    """The argon2id hash of a password that meets the policy; the slow part off the loop."""
+    try:
+        check_policy(password)
+        return await asyncio.to_thread(hash_password, password)
+    except PasswordPolicyError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+async def create_user(store: Store, clock: Clock, *, username: str, password: str) -> User:
+    """Register a user with a new opaque, stable id (their ``sub``); Conflict if the
+    username is taken."""
+    name = check_username(username)
+    if await store.get_user_by_name(name) is not None:  # before the slow hash
+        raise Conflict(f"user {name!r} exists already")
+    password_hash = await _hash(password)
+    now = clock.now()
+    user = User(
+        user_id=USER_ID_PREFIX + secrets.token_urlsafe(16),
+        username=name,
+        password_hash=password_hash,
+        enabled=True,
+        created_at=now,
+        updated_at=now,
+    )
+    await store.create_user(user)
+    return user
+
+
+async def get_user(store: Store, ref: str) -> User:
+    """A user by id (``usr_...``) or by username (any case); NotFound otherwise."""
+    if ref.startswith(USER_ID_PREFIX):
+        user = await store.get_user(ref)
+    else:
+        user = await store.get_user_by_name(ref.lower())
+    if user is None:
+        raise NotFound(f"no user {ref!r}")
+    return user
+
+
+async def set_password(store: Store, clock: Clock, ref: str, password: str) -> User:
+    """Give a user a new password. Their sessions and grants stay: end them with
+    revoke_user_sessions if the old password may be known to someone else."""
+    user = await get_user(store, ref)
+    updated = replace(user, password_hash=await _hash(password), updated_at=clock.now())
+    await store.update_user(updated)
+    return updated
+
+
+async def set_user_enabled(store: Store, clock: Clock, ref: str, enabled: bool) -> tuple[User, int]:
+    """Enable or disable a user. Disabling ends their sessions and revokes their grants and
+    tokens in the same transaction; returns the user and the number of tokens revoked."""
+    user = await get_user(store, ref)
+    now = clock.now()
+    revoked = await store.set_user_enabled(user.user_id, enabled, now)
+    return replace(user, enabled=enabled, updated_at=now), revoked
+
+
+async def delete_user(store: Store, clock: Clock, ref: str) -> tuple[User, int]:
+    """Revoke everything of a user, then delete them; the user and tokens revoked."""
+    user = await get_user(store, ref)
+    return user, await store.delete_user(user.user_id, clock.now())
+
+
+async def revoke_user_sessions(store: Store, clock: Clock, ref: str) -> tuple[User, int]:
+    """End every session of a user and revoke their grants and tokens (they stay enabled
+    and may sign in again); the user and tokens revoked."""
+    user = await get_user(store, ref)
+    return user, await store.revoke_user_sessions(user.user_id, clock.now())
+
+
+def user_view(user: User) -> dict[str, Any]:
+    """A user as JSON for the CLI: never the password hash."""
+    return {
+        "user_id": user.user_id,
+        "username": user.username,
+        "enabled": user.enabled,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
     }

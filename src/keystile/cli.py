@@ -1,6 +1,6 @@
 """keystile: an OAuth 2.0 authorization server built around token introspection.
 
-Serve the AS, manage the database, clients and resource servers. Every command that
+Serve the AS, manage the database, clients, resource servers and users. Every command that
 shows data takes --json for scripts; secrets are printed once, on creation or rotation.
 """
 
@@ -44,6 +44,8 @@ key_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(key_app, name="key")
+user_app = typer.Typer(help="Users: people who sign in to authorize clients.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -296,12 +298,44 @@ def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = Fa
 
 AuthOpt = Annotated[
     str | None,
-    typer.Option("--auth-method", help="client_secret_basic (default) or client_secret_post."),
+    typer.Option(
+        "--auth-method",
+        help="client_secret_basic (default), client_secret_post, private_key_jwt or none.",
+    ),
 ]
 GrantOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--grant-type", help="Grant type, repeatable (default client_credentials; 'none' for none)."
+        "--grant-type",
+        "--grant",
+        help="client_credentials, authorization_code or refresh_token, repeatable ('none' for "
+        "none). Default: client_credentials, or authorization_code and refresh_token for a "
+        "public client or one with redirect URIs.",
+    ),
+]
+RedirectOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--redirect-uri",
+        help="Redirect URI for authorization_code, repeatable; on update replaces the list "
+        "('' for none).",
+    ),
+]
+PublicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--public", help="A public client (auth method none): a native or browser app, no secret."
+    ),
+]
+RefreshTtlOpt = Annotated[
+    int | None,
+    typer.Option("--refresh-ttl", help="Refresh-token idle lifetime, seconds (default 14 days)."),
+]
+RefreshMaxTtlOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--refresh-max-ttl",
+        help="Absolute lifetime of a grant's refresh tokens, seconds (default 30 days).",
     ),
 ]
 ScopeOpt = Annotated[
@@ -340,6 +374,21 @@ def _grants(values: list[str] | None) -> list[str] | None:
     return [g for g in grants if g != "none"]
 
 
+def _redirects(values: list[str] | None) -> list[str] | None:
+    """Redirect URIs as given, one per option (a URI may hold commas); '' drops out."""
+    if values is None:
+        return None
+    return [v for v in values if v != ""]
+
+
+def _auth_method(auth_method: str | None, public: bool) -> str | None:
+    if public:
+        if auth_method not in (None, "none"):
+            fail(f"--public means auth method none, not {auth_method}", 2)
+        return "none"
+    return auth_method
+
+
 @client_app.command("create")
 def client_create(
     client_id: Annotated[str, typer.Argument(help="The client id.")],
@@ -351,13 +400,18 @@ def client_create(
     ttl: TtlOpt = None,
     token_format: TokenFormatOpt = None,
     jwks: JwksOpt = None,
+    redirect_uri: RedirectOpt = None,
+    public: PublicOpt = False,
+    refresh_ttl: RefreshTtlOpt = None,
+    refresh_max_ttl: RefreshMaxTtlOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a client and print its secret, once."""
+    """Register a client and print its secret, once (none for a public client)."""
     settings = _settings(config, db=db)
     grants = _grants(grant_type)
+    method = _auth_method(auth_method, public)
     jwks_text = _read_jwks(jwks)
     client, secret = _run(
         settings,
@@ -366,17 +420,21 @@ def client_create(
             SystemClock(),
             client_id=client_id,
             name=name,
-            auth_method=auth_method or "client_secret_basic",
-            grant_types=["client_credentials"] if grants is None else grants,
+            auth_method=method or "client_secret_basic",
+            grant_types=grants,
             scopes=_split_all(scope) or [],
             default_audience=_split_all(audience) or [],
             access_token_ttl=settings.access_token_ttl if ttl is None else ttl,
             token_format=token_format or "opaque",
             jwks=jwks_text,
+            redirect_uris=_redirects(redirect_uri) or [],
+            refresh_token_ttl=refresh_ttl,
+            refresh_token_max_ttl=refresh_max_ttl,
         ),
     )
-    if client.auth_method == "private_key_jwt":
-        _print(admin.client_view(client), as_json)  # it authenticates with its keys: no secret
+    if client.auth_method in ("private_key_jwt", "none"):
+        # It authenticates with its keys, or not at all (a public client): no secret.
+        _print(admin.client_view(client), as_json)
         return
     view = {**admin.client_view(client), "client_secret": secret}
     _print(view, as_json)
@@ -419,12 +477,17 @@ def client_update(
     ttl: TtlOpt = None,
     token_format: TokenFormatOpt = None,
     jwks: JwksOpt = None,
+    redirect_uri: RedirectOpt = None,
+    public: PublicOpt = False,
+    refresh_ttl: RefreshTtlOpt = None,
+    refresh_max_ttl: RefreshMaxTtlOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a client's settings (only the options given)."""
     settings = _settings(config, db=db)
+    method = _auth_method(auth_method, public)
     jwks_text = _read_jwks(jwks)
     client = _run(
         settings,
@@ -433,13 +496,16 @@ def client_update(
             SystemClock(),
             client_id,
             name=name,
-            auth_method=auth_method,
+            auth_method=method,
             grant_types=_grants(grant_type),
             scopes=_split_all(scope),
             default_audience=_split_all(audience),
             access_token_ttl=ttl,
             token_format=token_format,
             jwks=jwks_text,
+            redirect_uris=_redirects(redirect_uri),
+            refresh_token_ttl=refresh_ttl,
+            refresh_token_max_ttl=refresh_max_ttl,
         ),
     )
     _print(admin.client_view(client), as_json)
@@ -627,6 +693,182 @@ def resource_delete(
         {"identifier": identifier, "deleted": True},
         as_json,
         f"resource server {identifier} deleted",
+    )
+
+
+# -- users ----------------------------------------------------------------------------------
+
+UserArg = Annotated[str, typer.Argument(help="Username or user id (usr_...).")]
+PasswordStdinOpt = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from the first line of stdin (for scripts).",
+    ),
+]
+
+
+def _stdin_is_tty() -> bool:
+    return sys.stdin.isatty()
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: one line of stdin, or typed twice at a hidden prompt. Never argv,
+    where other users of the machine and shell histories would see it."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line.removesuffix("\n").removesuffix("\r")
+    if not _stdin_is_tty():
+        fail("no terminal to ask for the password: give --password-stdin and pipe it in", 2)
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    return password
+
+
+def _print_user(user: Any, as_json: bool) -> None:
+    _print(admin.user_view(user), as_json)
+
+
+@user_app.command("create")
+def user_create(
+    username: Annotated[
+        str,
+        typer.Argument(help="1-128 letters, digits and . _ @ + - (stored lower-cased)."),
+    ],
+    password_stdin: PasswordStdinOpt = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a user; the password is asked for (or read with --password-stdin)."""
+    settings = _settings(config, db=db)
+    try:
+        admin.check_username(username)  # before asking for a password
+    except ConfigurationError as exc:
+        fail(str(exc), 2)
+    password = _read_password(password_stdin)
+    user = _run(
+        settings,
+        lambda store: admin.create_user(store, SystemClock(), username=username, password=password),
+    )
+    _print_user(user, as_json)
+
+
+@user_app.command("list")
+def user_list(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List users, by username."""
+    settings = _settings(config, db=db)
+    users = _run(settings, lambda store: store.list_users())
+    views = [admin.user_view(u) for u in users]
+    if as_json:
+        _print(views, True)
+        return
+    for v in views:
+        state = "enabled " if v["enabled"] else "disabled"
+        typer.echo(f"{v['username']:<32} {state} {v['user_id']}")
+
+
+@user_app.command("show")
+def user_show(
+    user: UserArg, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show one user (never their password hash)."""
+    settings = _settings(config, db=db)
+    _print_user(_run(settings, lambda store: admin.get_user(store, user)), as_json)
+
+
+@user_app.command("passwd")
+def user_passwd(
+    user: UserArg,
+    password_stdin: PasswordStdinOpt = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a user's password (their sessions stay: see revoke-sessions)."""
+    settings = _settings(config, db=db)
+    _run(settings, lambda store: admin.get_user(store, user))  # before asking for a password
+    password = _read_password(password_stdin)
+    found = _run(settings, lambda store: admin.set_password(store, SystemClock(), user, password))
+    _print(
+        {"user_id": found.user_id, "username": found.username, "password_changed": True},
+        as_json,
+        f"password of user {found.username} changed",
+    )
+
+
+@user_app.command("disable")
+def user_disable(
+    user: UserArg, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Disable a user: end their sessions, revoke their grants and every token from them."""
+    settings = _settings(config, db=db)
+    found, n = _run(
+        settings, lambda store: admin.set_user_enabled(store, SystemClock(), user, False)
+    )
+    _print(
+        {
+            "user_id": found.user_id,
+            "username": found.username,
+            "enabled": False,
+            "tokens_revoked": n,
+        },
+        as_json,
+        f"user {found.username} disabled; {n} live token(s) revoked",
+    )
+
+
+@user_app.command("enable")
+def user_enable(
+    user: UserArg, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Enable a user again (what was revoked stays revoked)."""
+    settings = _settings(config, db=db)
+    found, _ = _run(
+        settings, lambda store: admin.set_user_enabled(store, SystemClock(), user, True)
+    )
+    _print(
+        {"user_id": found.user_id, "username": found.username, "enabled": True},
+        as_json,
+        f"user {found.username} enabled",
+    )
+
+
+@user_app.command("revoke-sessions")
+def user_revoke_sessions(
+    user: UserArg, config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Sign a user out everywhere: end their sessions, revoke their grants and tokens."""
+    settings = _settings(config, db=db)
+    found, n = _run(settings, lambda store: admin.revoke_user_sessions(store, SystemClock(), user))
+    _print(
+        {"user_id": found.user_id, "username": found.username, "tokens_revoked": n},
+        as_json,
+        f"sessions of user {found.username} ended; {n} live token(s) revoked",
+    )
+
+
+@user_app.command("delete")
+def user_delete(
+    user: UserArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a user; their sessions, grants and tokens are revoked first."""
+    if not yes and _stdin_is_tty():
+        typer.confirm(f"Delete user {user} and revoke their tokens?", abort=True)
+    settings = _settings(config, db=db)
+    found, n = _run(settings, lambda store: admin.delete_user(store, SystemClock(), user))
+    _print(
+        {
+            "user_id": found.user_id,
+            "username": found.username,
+            "deleted": True,
+            "tokens_revoked": n,
+        },
+        as_json,
+        f"user {found.username} deleted; {n} live token(s) revoked",
     )
 
 

@@ -72,6 +72,9 @@ class TestClientCommands:
             "enabled": True,
             "token_format": "opaque",
             "jwks": None,
+            "redirect_uris": [],
+            "refresh_token_ttl": 14 * 86400,
+            "refresh_token_max_ttl": 30 * 86400,
         }
 
     def test_secret_never_shown_again(self, cli: Cli) -> None:
@@ -135,6 +138,9 @@ class TestClientCommands:
             "enabled": True,
             "token_format": "opaque",
             "jwks": None,
+            "redirect_uris": [],
+            "refresh_token_ttl": 14 * 86400,
+            "refresh_token_max_ttl": 30 * 86400,
         }
         assert without_times(ok_json(cli, "client", "show", "app")) == updated
 
@@ -299,7 +305,7 @@ class TestErrors:
             (
                 ["client", "create", "app", "--auth-method", "client_secret_jwt"],
                 "keystile: unknown auth method 'client_secret_jwt'; choose from "
-                "client_secret_basic, client_secret_post, private_key_jwt\n",
+                "client_secret_basic, client_secret_post, private_key_jwt, none\n",
             ),
             (
                 ["client", "create", "app", "--ttl", "0"],

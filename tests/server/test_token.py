@@ -231,16 +231,27 @@ class TestGrantType:
         assert r.status_code == 400
         assert r.json()["error_description"] == "missing parameter: grant_type"
 
-    @pytest.mark.parametrize("grant", ["password", "authorization_code", "refresh_token", "x"])
+    @pytest.mark.parametrize("grant", ["password", "implicit", "x", "urn:ietf:params:x"])
     async def test_other_grant_type_is_unsupported(self, http, setup, grant):
-        """A grant type other than client_credentials is unsupported_grant_type (RFC 6749 §5.2)."""
+        """A grant type we do not implement is unsupported_grant_type (RFC 6749 §5.2); the
+        password grant is never offered (RFC 9700 §2.4)."""
         r = await http.post(TOKEN, data={"grant_type": grant}, auth=setup.app.auth)
 
         assert r.status_code == 400
         assert r.json() == {
             "error": "unsupported_grant_type",
-            "error_description": "only grant_type=client_credentials is supported",
+            "error_description": (
+                "grant_type must be authorization_code, refresh_token or client_credentials"
+            ),
         }
+
+    @pytest.mark.parametrize("grant", ["authorization_code", "refresh_token"])
+    async def test_user_grant_not_registered_is_unauthorized_client(self, http, setup, grant):
+        """A client not registered for the code or refresh grant: unauthorized_client."""
+        r = await http.post(TOKEN, data={"grant_type": grant}, auth=setup.app.auth)
+
+        assert r.status_code == 400
+        assert r.json()["error"] == "unauthorized_client"
 
     async def test_client_without_grant_is_unauthorized_client(self, http, setup):
         """A client not registered for client_credentials gets unauthorized_client (§5.2)."""
