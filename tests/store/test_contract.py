@@ -13,13 +13,31 @@ from dataclasses import replace
 
 import pytest
 
-from keystile.core.models import Client, ResourceServer, SigningKey, TokenRecord
+from keystile.core.models import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    ResourceServer,
+    Session,
+    SigningKey,
+    TokenRecord,
+    User,
+)
 from keystile.core.tokens import token_hash
 from keystile.store.base import (
     CLIENT_DELETED,
     CLIENT_DISABLED,
+    CODE_REPLAYED,
+    GRANT_REVOKED,
+    REFRESH_TOKEN_REPLAYED,
+    REFRESH_TOKEN_REVOKED,
     TOKEN_REVOKED,
+    USER_DELETED,
+    USER_DISABLED,
+    USER_REVOKE_SESSIONS,
+    USER_SESSIONS_REVOKED,
     Conflict,
+    NewToken,
     NotFound,
     Store,
 )
@@ -699,3 +717,681 @@ class TestClientAssertions:
 
         assert await store.record_assertion_jti("app-1", "old", NOW + 60) is True
         assert await store.record_assertion_jti("app-1", "live", NOW + 60) is False
+
+
+# -- users, sessions, consent, authorization codes, refresh tokens (issue 3) -------------------
+
+REDIRECT = "https://app.example.test/callback"
+
+
+def user(user_id: str = "u-1", username: str = "alice", **changes: object) -> User:
+    base = User(
+        user_id=user_id,
+        username=username,
+        password_hash=f"$argon2id$dummy${user_id}",
+        enabled=True,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def session(user_id: str = "u-1", *, expires_at: int = NOW + 3600) -> Session:
+    return Session(secrets.token_bytes(32), user_id, NOW - 60, expires_at)
+
+
+def grant(
+    grant_id: str = "g-1", client_id: str = "app-1", user_id: str = "u-1", **changes: object
+) -> Grant:
+    base = Grant(
+        grant_id=grant_id,
+        client_id=client_id,
+        user_id=user_id,
+        username="alice",
+        scope=frozenset({"read", "write"}),
+        aud=(API,),
+        created_at=NOW - 10,
+        auth_time=NOW - 60,
+        expires_at=NOW + 30 * 86400,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def code(g: Grant, **changes: object) -> AuthorizationCode:
+    base = AuthorizationCode(
+        code_hash=secrets.token_bytes(32),
+        grant_id=g.grant_id,
+        client_id=g.client_id,
+        redirect_uri=REDIRECT,
+        code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cQ",
+        created_at=NOW - 10,
+        expires_at=NOW + 50,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def grant_token(g: Grant, kind: str = "access_token", **changes: object) -> TokenRecord:
+    """A token issued from grant ``g``: an access token, or (kind) a refresh token."""
+    fields: dict[str, object] = {
+        "exp": NOW + (600 if kind == "access_token" else 14 * 86400),
+        "kind": kind,
+        "scope": g.scope,
+        "aud": g.aud,
+        "sub": g.user_id,
+        "username": g.username,
+        "grant_id": g.grant_id,
+    }
+    return token(g.client_id, **(fields | changes))  # type: ignore[arg-type]
+
+
+async def authorized(store: Store, g: Grant) -> tuple[TokenRecord, TokenRecord]:
+    """Store grant ``g`` with a code, redeem it and issue an access and a refresh token."""
+    c = code(g)
+    await store.create_authorization_code(g, c)
+    assert (await store.redeem_authorization_code(c.code_hash, NOW)).outcome == "ok"
+    access, refresh = grant_token(g), grant_token(g, "refresh_token")
+    assert await store.issue_grant_tokens(g.grant_id, [NewToken(access), NewToken(refresh)], NOW)
+    return access, refresh
+
+
+async def revoked_at(store: Store, t: TokenRecord) -> int | None:
+    found = await store.find_token(t.token_hash)
+    assert found is not None
+    return found.revoked_at
+
+
+async def grant_revoked_at(store: Store, grant_id: str) -> int | None:
+    found = await store.get_grant(grant_id)
+    assert found is not None
+    return found.revoked_at
+
+
+async def events_since(store: Store, after: int) -> list[tuple[str, dict[str, object]]]:
+    return [(e.type, e.payload) for e in await store.events_after(after, 10_000)]
+
+
+def revoked_hashes(events: list[tuple[str, dict[str, object]]]) -> set[object]:
+    return {p["token_sha256"] for t, p in events if t == TOKEN_REVOKED}
+
+
+class TestCodeFlowClientSettings:
+    async def test_redirect_uris_and_refresh_lifetimes_round_trip(self, store: Store) -> None:
+        """A client's redirect URIs (in order: matched exactly, RFC 9700 §2.1) and refresh
+        token lifetimes are stored, updated and read back; a public client too."""
+        c = client(
+            auth_method="none",
+            grant_types=frozenset({"authorization_code", "refresh_token"}),
+            redirect_uris=(REDIRECT, "http://127.0.0.1/cb"),
+            refresh_token_ttl=3600,
+            refresh_token_max_ttl=86400,
+        )
+        await store.create_client(c)
+        assert await store.get_client("app-1") == c
+        changed = replace(
+            c, redirect_uris=(REDIRECT,), refresh_token_ttl=60, refresh_token_max_ttl=120
+        )
+        await store.update_client(changed)
+        assert await store.get_client("app-1") == changed
+        assert await store.list_clients() == [changed]
+
+
+class TestUsers:
+    async def test_user_round_trip(self, store: Store) -> None:
+        """A created user reads back equal by id and by username; users list by username."""
+        alice, bob = user("u-1", "alice"), user("u-2", "bob", enabled=False)
+        await store.create_user(bob)
+        await store.create_user(alice)
+        assert await store.get_user("u-1") == alice
+        assert await store.get_user_by_name("bob") == bob
+        assert await store.list_users() == [alice, bob]
+        assert await store.get_user("nobody") is None
+        assert await store.get_user_by_name("nobody") is None
+
+    async def test_taken_id_or_username_is_a_conflict(self, store: Store) -> None:
+        """A second user with the same id, or with the same username, is refused."""
+        await store.create_user(user())
+        with pytest.raises(Conflict):
+            await store.create_user(user("u-1", "other"))
+        with pytest.raises(Conflict):
+            await store.create_user(user("u-2", "alice"))
+        assert await store.list_users() == [user()]
+
+    async def test_update_user_renames_and_changes_the_password(self, store: Store) -> None:
+        """An update stores the new username and password hash; a name taken by another
+        user is a Conflict and an unknown user NotFound."""
+        await store.create_user(user())
+        await store.create_user(user("u-2", "bob"))
+        changed = user(username="alice2", password_hash="$argon2id$new", updated_at=NOW + 5)
+        await store.update_user(changed)
+        assert await store.get_user("u-1") == changed
+        assert await store.get_user_by_name("alice") is None
+        await store.update_user(changed)  # its own name is no conflict
+        with pytest.raises(Conflict):
+            await store.update_user(replace(changed, username="bob"))
+        with pytest.raises(NotFound):
+            await store.update_user(user("u-3", "carol"))
+        assert await store.get_user("u-1") == changed
+
+    async def test_disabling_a_user_revokes_everything_of_theirs(self, store: Store) -> None:
+        """Disabling ends the user's sessions and revokes all their grants and live tokens,
+        in one change: a token_revoked event per token and one user_sessions_revoked event.
+        Other users keep theirs; re-enabling brings nothing back."""
+        await store.create_user(user())
+        await store.create_user(user("u-2", "bob"))
+        s = session()
+        await store.create_session(s)
+        first, second = grant("g-1"), grant("g-2", client_id="app-2")
+        tokens = [*await authorized(store, first), *await authorized(store, second)]
+        bobs = await authorized(store, grant("g-3", user_id="u-2"))
+        expired = grant_token(first, exp=NOW - 1)
+        assert await store.issue_grant_tokens("g-1", [NewToken(expired)], NOW - 100)
+        before = await store.latest_event_id()
+
+        assert await store.set_user_enabled("u-1", False, NOW + 1) == 4
+
+        found = await store.get_user("u-1")
+        assert found is not None
+        assert (found.enabled, found.updated_at) == (False, NOW + 1)
+        assert await store.get_session(s.session_hash, NOW) is None
+        for t in tokens:
+            assert await revoked_at(store, t) == NOW + 1
+        assert await revoked_at(store, expired) is None
+        assert await grant_revoked_at(store, "g-1") == NOW + 1
+        assert await grant_revoked_at(store, "g-2") == NOW + 1
+        for t in bobs:
+            assert await revoked_at(store, t) is None
+        assert await grant_revoked_at(store, "g-3") is None
+        events = await events_since(store, before)
+        assert [t for t, _ in events] == [TOKEN_REVOKED] * 4 + [USER_SESSIONS_REVOKED]
+        assert revoked_hashes(events) == {t.token_hash.hex() for t in tokens}
+        assert events[-1][1] == {
+            "sub": "u-1",
+            "reason": USER_DISABLED,
+            "grants_revoked": 2,
+            "tokens_revoked": 4,
+        }
+
+        latest = await store.latest_event_id()
+        assert await store.set_user_enabled("u-1", True, NOW + 2) == 0
+        assert await store.latest_event_id() == latest
+        assert await revoked_at(store, tokens[0]) == NOW + 1
+        with pytest.raises(NotFound):
+            await store.set_user_enabled("nobody", False, NOW)
+
+    async def test_deleting_a_user_revokes_then_removes_them(self, store: Store) -> None:
+        """Delete revokes as disabling does (reason user_deleted), then removes the user with
+        their sessions and consents; the token rows stay, revoked."""
+        await store.create_client(client())
+        await store.create_user(user())
+        s = session()
+        await store.create_session(s)
+        await store.set_consent("u-1", "app-1", frozenset({"read"}), NOW)
+        access, refresh = await authorized(store, grant())
+
+        assert await store.delete_user("u-1", NOW + 1) == 2
+
+        assert await store.get_user("u-1") is None
+        assert await store.get_user_by_name("alice") is None
+        assert await store.get_session(s.session_hash, NOW) is None
+        assert await store.get_consent("u-1", "app-1") is None
+        assert await revoked_at(store, access) == NOW + 1
+        assert await revoked_at(store, refresh) == NOW + 1
+        type_, payload = (await events_since(store, 0))[-1]
+        assert (type_, payload["reason"], payload["tokens_revoked"]) == (
+            USER_SESSIONS_REVOKED,
+            USER_DELETED,
+            2,
+        )
+        with pytest.raises(NotFound):
+            await store.delete_user("u-1", NOW + 2)
+        await store.create_user(user("u-9", "alice"))  # the name is free again
+
+    async def test_revoke_user_sessions_keeps_the_user(self, store: Store) -> None:
+        """revoke_user_sessions ends every session and grant of the user, who stays enabled
+        and can sign in again; NotFound for an unknown user."""
+        await store.create_user(user())
+        sessions = [session(), session()]
+        for s in sessions:
+            await store.create_session(s)
+        _, refresh = await authorized(store, grant())
+
+        assert await store.revoke_user_sessions("u-1", NOW + 1) == 2
+
+        found = await store.get_user("u-1")
+        assert found is not None
+        assert found.enabled
+        for s in sessions:
+            assert await store.get_session(s.session_hash, NOW) is None
+        assert await grant_revoked_at(store, "g-1") == NOW + 1
+        assert await revoked_at(store, refresh) == NOW + 1
+        assert (await events_since(store, 0))[-1] == (
+            USER_SESSIONS_REVOKED,
+            {
+                "sub": "u-1",
+                "reason": USER_REVOKE_SESSIONS,
+                "grants_revoked": 1,
+                "tokens_revoked": 2,
+            },
+        )
+        again = session()
+        await store.create_session(again)
+        assert await store.get_session(again.session_hash, NOW) is not None
+        with pytest.raises(NotFound):
+            await store.revoke_user_sessions("nobody", NOW)
+
+
+class TestSessions:
+    async def test_live_session_returns_it_with_its_user(self, store: Store) -> None:
+        """A session is found by its hash while it lives, with its (enabled) user."""
+        await store.create_user(user())
+        s = session()
+        await store.create_session(s)
+        assert await store.get_session(s.session_hash, NOW) == (s, user())
+        assert await store.get_session(secrets.token_bytes(32), NOW) is None
+
+    async def test_expired_session_is_not_found(self, store: Store) -> None:
+        """A session is over the moment expires_at is reached."""
+        await store.create_user(user())
+        s = session(expires_at=NOW + 10)
+        await store.create_session(s)
+        assert await store.get_session(s.session_hash, NOW + 9) is not None
+        assert await store.get_session(s.session_hash, NOW + 10) is None
+
+    async def test_session_of_a_disabled_user_is_not_found(self, store: Store) -> None:
+        """Only an enabled user's session counts, even one created after the disable."""
+        await store.create_user(user())
+        await store.set_user_enabled("u-1", False, NOW)
+        s = session()
+        await store.create_session(s)
+        assert await store.get_session(s.session_hash, NOW) is None
+        await store.set_user_enabled("u-1", True, NOW + 1)
+        assert await store.get_session(s.session_hash, NOW) is not None
+
+    async def test_deleted_session_is_gone(self, store: Store) -> None:
+        """Logout deletes one session; the user's others stay; deleting twice is harmless."""
+        await store.create_user(user())
+        gone, kept = session(), session()
+        for s in (gone, kept):
+            await store.create_session(s)
+        await store.delete_session(gone.session_hash)
+        await store.delete_session(gone.session_hash)
+        assert await store.get_session(gone.session_hash, NOW) is None
+        assert await store.get_session(kept.session_hash, NOW) is not None
+
+
+class TestConsent:
+    async def test_consent_is_set_replaced_and_read(self, store: Store) -> None:
+        """Consent is remembered per user and client; setting it again replaces the scopes;
+        an empty consent is not the same as none."""
+        await store.create_user(user())
+        await store.create_client(client())
+        await store.create_client(client("app-2"))
+        assert await store.get_consent("u-1", "app-1") is None
+        await store.set_consent("u-1", "app-1", frozenset({"read", "write"}), NOW)
+        await store.set_consent("u-1", "app-2", frozenset(), NOW)
+        assert await store.get_consent("u-1", "app-1") == frozenset({"read", "write"})
+        await store.set_consent("u-1", "app-1", frozenset({"read"}), NOW + 1)
+        assert await store.get_consent("u-1", "app-1") == frozenset({"read"})
+        assert await store.get_consent("u-1", "app-2") == frozenset()
+        await store.delete_client("app-2", NOW + 2)
+        assert await store.get_consent("u-1", "app-2") is None
+
+
+class TestAuthorizationCodes:
+    async def test_code_is_redeemed_once(self, store: Store) -> None:
+        """A live unused code redeems to itself and its grant, once (RFC 6749 §4.1.2)."""
+        g = grant()
+        c = code(g)
+        await store.create_authorization_code(g, c)
+        assert await store.get_grant("g-1") == g
+        assert await store.get_grant("nope") is None
+
+        result = await store.redeem_authorization_code(c.code_hash, NOW)
+
+        assert (result.outcome, result.code, result.grant) == ("ok", c, g)
+        assert await store.latest_event_id() == 0
+
+    async def test_replayed_code_revokes_its_grant_and_tokens(self, store: Store) -> None:
+        """A code used a second time revokes its grant and every token issued from it, with
+        a token_revoked event per token and one grant_revoked event (RFC 6749 §4.1.2,
+        RFC 9700 §4.14.2); replaying it again changes nothing more."""
+        g = grant()
+        c = code(g)
+        await store.create_authorization_code(g, c)
+        assert (await store.redeem_authorization_code(c.code_hash, NOW)).outcome == "ok"
+        tokens = [grant_token(g), grant_token(g, "refresh_token")]
+        assert await store.issue_grant_tokens("g-1", [NewToken(t) for t in tokens], NOW)
+
+        result = await store.redeem_authorization_code(c.code_hash, NOW + 5)
+
+        assert result.outcome == "replayed"
+        assert result.code is not None
+        assert result.code.used_at == NOW
+        for t in tokens:
+            assert await revoked_at(store, t) == NOW + 5
+        assert await grant_revoked_at(store, "g-1") == NOW + 5
+        events = await events_since(store, 0)
+        assert [t for t, _ in events] == [TOKEN_REVOKED, TOKEN_REVOKED, GRANT_REVOKED]
+        assert revoked_hashes(events) == {t.token_hash.hex() for t in tokens}
+        assert events[-1][1] == {
+            "grant_id": "g-1",
+            "client_id": "app-1",
+            "sub": "u-1",
+            "reason": CODE_REPLAYED,
+            "tokens_revoked": 2,
+        }
+        assert (await store.redeem_authorization_code(c.code_hash, NOW + 6)).outcome == "replayed"
+        assert len(await events_since(store, 0)) == 3
+        assert not await store.issue_grant_tokens("g-1", [NewToken(grant_token(g))], NOW + 7)
+
+    async def test_expired_code_is_refused_and_kept_unused(self, store: Store) -> None:
+        """A code is expired the moment expires_at is reached; that leaves it unused."""
+        g = grant()
+        c = code(g, expires_at=NOW + 50)
+        await store.create_authorization_code(g, c)
+        result = await store.redeem_authorization_code(c.code_hash, NOW + 50)
+        assert (result.outcome, result.grant) == ("expired", g)
+        assert await grant_revoked_at(store, "g-1") is None
+        assert (await store.redeem_authorization_code(c.code_hash, NOW + 49)).outcome == "ok"
+
+    async def test_unknown_code(self, store: Store) -> None:
+        """A code that was never issued is unknown, and revokes nothing."""
+        result = await store.redeem_authorization_code(secrets.token_bytes(32), NOW)
+        assert (result.outcome, result.code, result.grant) == ("unknown", None, None)
+
+    async def test_code_of_a_revoked_grant(self, store: Store) -> None:
+        """A code whose grant was revoked (its user or client disabled, ...) is refused."""
+        g = grant()
+        c = code(g)
+        await store.create_authorization_code(g, c)
+        assert await store.revoke_grant("g-1", NOW, USER_REVOKE_SESSIONS) == 0
+        result = await store.redeem_authorization_code(c.code_hash, NOW + 1)
+        assert result.outcome == "revoked"
+        assert result.grant is not None
+        assert result.grant.revoked_at == NOW
+
+    async def test_concurrent_redemptions_admit_exactly_one(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Of two processes redeeming one code at once, one gets it; the other is a replay,
+        which revokes the grant (RFC 6749 §4.1.2)."""
+        other = await connect()
+        g = grant()
+        c = code(g)
+        await store.create_authorization_code(g, c)
+        results = await asyncio.gather(
+            store.redeem_authorization_code(c.code_hash, NOW),
+            other.redeem_authorization_code(c.code_hash, NOW),
+        )
+        assert sorted(r.outcome for r in results) == ["ok", "replayed"]
+        assert await grant_revoked_at(store, "g-1") == NOW
+        assert [t for t, _ in await events_since(store, 0)] == [GRANT_REVOKED]
+
+
+class TestGrantTokens:
+    async def test_tokens_are_stored_while_the_grant_lives(self, store: Store) -> None:
+        """Tokens of a live grant are stored together; a JWT lifts its key's not_after."""
+        await store.insert_signing_key(signing_key("k1", "active"))
+        g = grant()
+        await store.create_authorization_code(g, code(g))
+        access, refresh = grant_token(g), grant_token(g, "refresh_token")
+        tokens = [NewToken(access, kid="k1", not_after=NOW + 900), NewToken(refresh)]
+        assert await store.issue_grant_tokens("g-1", tokens, NOW)
+        assert await store.find_token(access.token_hash) == access
+        assert await store.find_token(refresh.token_hash) == refresh
+        assert (await keys_by_kid(store))["k1"].not_after == NOW + 900
+
+    async def test_revoked_expired_or_unknown_grant_gets_no_tokens(self, store: Store) -> None:
+        """issue_grant_tokens stores nothing for a revoked grant, one past its absolute
+        expiry, or an unknown one."""
+        revoked, ended = grant("g-1"), grant("g-2", expires_at=NOW + 100)
+        for g in (revoked, ended):
+            await store.create_authorization_code(g, code(g))
+        await store.revoke_grant("g-1", NOW, REFRESH_TOKEN_REVOKED)
+        attempts = [
+            ("g-1", grant_token(revoked), NOW),
+            ("g-2", grant_token(ended), NOW + 100),
+            ("g-9", grant_token(grant("g-9")), NOW),
+        ]
+        for grant_id, t, now in attempts:
+            assert not await store.issue_grant_tokens(grant_id, [NewToken(t)], now)
+            assert await store.find_token(t.token_hash) is None
+        assert await store.issue_grant_tokens("g-2", [NewToken(grant_token(ended))], NOW + 99)
+
+    async def test_issuance_racing_a_revocation_leaves_no_live_token(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Tokens stored while another process revokes the grant are either refused or
+        revoked by the cascade: none outlives the revocation."""
+        other = await connect()
+        for i in range(5):
+            g = grant(f"g-{i}")
+            await store.create_authorization_code(g, code(g))
+            tokens = [grant_token(g), grant_token(g, "refresh_token")]
+            issued, _ = await asyncio.gather(
+                store.issue_grant_tokens(g.grant_id, [NewToken(t) for t in tokens], NOW),
+                other.revoke_grant(g.grant_id, NOW, REFRESH_TOKEN_REVOKED),
+            )
+            for t in tokens:
+                found = await store.find_token(t.token_hash)
+                assert (found is not None) == issued
+                assert found is None or found.revoked_at == NOW
+
+
+class TestRefreshTokens:
+    async def test_rotation_replaces_the_token(self, store: Store) -> None:
+        """A live refresh token of a live grant is exchanged for new tokens, and is itself
+        spent (inactive) from then on (RFC 9700 §4.14.2)."""
+        g = grant()
+        _, refresh = await authorized(store, g)
+        access2, refresh2 = grant_token(g), grant_token(g, "refresh_token")
+
+        rotation = await store.rotate_refresh_token(
+            refresh.token_hash, [NewToken(access2), NewToken(refresh2)], NOW + 10
+        )
+
+        assert (rotation.outcome, rotation.tokens_revoked) == ("ok", 0)
+        assert await revoked_at(store, refresh) == NOW + 10
+        assert await store.find_token(access2.token_hash) == access2
+        assert await store.find_token(refresh2.token_hash) == refresh2
+        assert await store.latest_event_id() == 0
+
+    async def test_replayed_token_revokes_the_grant(self, store: Store) -> None:
+        """Presenting a rotated refresh token again revokes its grant and all its live
+        tokens, the new ones included (RFC 9700 §4.14.2), and stores nothing."""
+        g = grant()
+        access, refresh = await authorized(store, g)
+        access2, refresh2 = grant_token(g), grant_token(g, "refresh_token")
+        await store.rotate_refresh_token(
+            refresh.token_hash, [NewToken(access2), NewToken(refresh2)], NOW + 10
+        )
+        attacker = grant_token(g, "refresh_token")
+
+        rotation = await store.rotate_refresh_token(
+            refresh.token_hash, [NewToken(attacker)], NOW + 20
+        )
+
+        assert (rotation.outcome, rotation.tokens_revoked) == ("replayed", 3)
+        assert await store.find_token(attacker.token_hash) is None
+        for t in (access, access2, refresh2):
+            assert await revoked_at(store, t) == NOW + 20
+        assert await grant_revoked_at(store, "g-1") == NOW + 20
+        events = await events_since(store, 0)
+        assert revoked_hashes(events) == {t.token_hash.hex() for t in (access, access2, refresh2)}
+        assert events[-1] == (
+            GRANT_REVOKED,
+            {
+                "grant_id": "g-1",
+                "client_id": "app-1",
+                "sub": "u-1",
+                "reason": REFRESH_TOKEN_REPLAYED,
+                "tokens_revoked": 3,
+            },
+        )
+        again = await store.rotate_refresh_token(refresh2.token_hash, [], NOW + 30)
+        assert again.outcome == "revoked"
+
+    async def test_revoked_expired_and_unknown_tokens_are_refused(self, store: Store) -> None:
+        """A revoked token, an expired one (at exp), one whose grant reached its absolute
+        expiry, an access token and an unknown hash are not rotated, and store nothing."""
+        revoked_grant = grant("g-1")
+        _, revoked = await authorized(store, revoked_grant)
+        await store.revoke_grant("g-1", NOW, USER_REVOKE_SESSIONS)
+        g2 = grant("g-2", expires_at=NOW + 1000)
+        await store.create_authorization_code(g2, code(g2))
+        access = grant_token(g2)
+        expiring = grant_token(g2, "refresh_token", exp=NOW + 500)
+        outliving = grant_token(g2, "refresh_token", exp=NOW + 5000)
+        assert await store.issue_grant_tokens(
+            "g-2", [NewToken(t) for t in (access, expiring, outliving)], NOW
+        )
+        cases = [
+            (revoked.token_hash, NOW + 1, "revoked"),
+            (expiring.token_hash, NOW + 500, "expired"),
+            (outliving.token_hash, NOW + 1000, "revoked"),
+            (access.token_hash, NOW, "unknown"),
+            (secrets.token_bytes(32), NOW, "unknown"),
+        ]
+        for hash_, now, outcome in cases:
+            new = grant_token(g2, "refresh_token")
+            rotation = await store.rotate_refresh_token(hash_, [NewToken(new)], now)
+            assert (rotation.outcome, rotation.tokens_revoked) == (outcome, 0), outcome
+            assert await store.find_token(new.token_hash) is None
+        assert await grant_revoked_at(store, "g-2") is None
+        assert await revoked_at(store, expiring) is None
+
+    async def test_concurrent_rotations_admit_exactly_one(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Two processes rotating one refresh token at once: exactly one rotates it, the
+        other presents a spent token, a replay that revokes the grant (RFC 9700 §4.14.2)."""
+        other = await connect()
+        g = grant()
+        _, refresh = await authorized(store, g)
+        news = [grant_token(g, "refresh_token"), grant_token(g, "refresh_token")]
+
+        results = await asyncio.gather(
+            store.rotate_refresh_token(refresh.token_hash, [NewToken(news[0])], NOW + 1),
+            other.rotate_refresh_token(refresh.token_hash, [NewToken(news[1])], NOW + 1),
+        )
+
+        outcomes = [r.outcome for r in results]
+        assert sorted(outcomes) == ["ok", "replayed"]
+        winner = news[outcomes.index("ok")]
+        loser = news[outcomes.index("replayed")]
+        assert await revoked_at(store, winner) == NOW + 1  # revoked by the replay
+        assert await store.find_token(loser.token_hash) is None
+        assert await grant_revoked_at(store, "g-1") == NOW + 1
+        assert [t for t, _ in await events_since(store, 0)].count(GRANT_REVOKED) == 1
+
+
+class TestGrantCascades:
+    async def test_revoking_a_refresh_token_revokes_its_grant(self, store: Store) -> None:
+        """Revoking a refresh token revokes its grant and the access tokens issued from it
+        (RFC 7009 §2.1); another client cannot revoke it."""
+        await store.create_client(client())
+        g = grant()
+        access, refresh = await authorized(store, g)
+        assert not await store.revoke_token(refresh.token_hash, "app-2", NOW + 1)
+        assert await revoked_at(store, refresh) is None
+
+        assert await store.revoke_token(refresh.token_hash, "app-1", NOW + 1)
+
+        assert await revoked_at(store, access) == NOW + 1
+        assert await revoked_at(store, refresh) == NOW + 1
+        assert await grant_revoked_at(store, "g-1") == NOW + 1
+        events = await events_since(store, 0)
+        assert [t for t, _ in events] == [TOKEN_REVOKED, TOKEN_REVOKED, GRANT_REVOKED]
+        assert events[-1][1]["reason"] == REFRESH_TOKEN_REVOKED
+        assert await store.revoke_token(refresh.token_hash, "app-1", NOW + 2)
+        assert len(await events_since(store, 0)) == 3
+
+    async def test_revoking_an_access_token_leaves_its_grant(self, store: Store) -> None:
+        """Revoking an access token of a grant revokes only that token."""
+        g = grant()
+        access, refresh = await authorized(store, g)
+        assert await store.revoke_token(access.token_hash, "app-1", NOW + 1)
+        assert await revoked_at(store, access) == NOW + 1
+        assert await revoked_at(store, refresh) is None
+        assert await grant_revoked_at(store, "g-1") is None
+        assert [t for t, _ in await events_since(store, 0)] == [TOKEN_REVOKED]
+
+    async def test_revoke_grant_once(self, store: Store) -> None:
+        """revoke_grant revokes the live tokens with events, once; unknown grants are a no-op."""
+        g = grant()
+        tokens = await authorized(store, g)
+        assert await store.revoke_grant("g-1", NOW + 1, USER_REVOKE_SESSIONS) == 2
+        assert await store.revoke_grant("g-1", NOW + 2, USER_REVOKE_SESSIONS) == 0
+        assert await store.revoke_grant("nope", NOW + 2, USER_REVOKE_SESSIONS) == 0
+        for t in tokens:
+            assert await revoked_at(store, t) == NOW + 1
+        assert [t for t, _ in await events_since(store, 0)] == [TOKEN_REVOKED] * 2 + [GRANT_REVOKED]
+
+    async def test_disabling_or_deleting_a_client_revokes_its_grants(self, store: Store) -> None:
+        """Disabling a client revokes its grants with its tokens, so neither an outstanding
+        code nor a refresh token of them is usable again; deleting does the same."""
+        await store.create_client(client())
+        await store.create_client(client("app-2"))
+        g = grant()
+        _, refresh = await authorized(store, g)
+        pending = grant("g-2")
+        c = code(pending)
+        await store.create_authorization_code(pending, c)
+        kept = grant("g-3", client_id="app-2")
+        await store.create_authorization_code(kept, code(kept))
+
+        assert await store.set_client_enabled("app-1", False, NOW + 1) == 2
+
+        assert await grant_revoked_at(store, "g-1") == NOW + 1
+        assert await grant_revoked_at(store, "g-2") == NOW + 1
+        assert await grant_revoked_at(store, "g-3") is None
+        assert (await store.redeem_authorization_code(c.code_hash, NOW + 2)).outcome == "revoked"
+        rotation = await store.rotate_refresh_token(refresh.token_hash, [], NOW + 2)
+        assert rotation.outcome == "revoked"
+        assert not await store.issue_grant_tokens("g-1", [NewToken(grant_token(g))], NOW + 2)
+
+        assert await store.delete_client("app-2", NOW + 3) == 0
+        assert await grant_revoked_at(store, "g-3") == NOW + 3
+
+
+class TestPurgeUsersSide:
+    async def test_purge_removes_expired_sessions_codes_and_ended_grants(
+        self, store: Store
+    ) -> None:
+        """The purge deletes sessions that expired, codes expired past the grace, and
+        grants past their absolute expiry (plus grace) once no token refers to them."""
+        await store.create_user(user())
+        old_session, live_session = session(expires_at=NOW - 1), session()
+        for s in (old_session, live_session):
+            await store.create_session(s)
+        ended = grant("g-old", expires_at=NOW - 100)
+        old_code = code(ended, expires_at=NOW - 100)
+        await store.create_authorization_code(ended, old_code)
+        recent = grant("g-recent", expires_at=NOW - 10)
+        recent_code = code(recent, expires_at=NOW - 10)
+        await store.create_authorization_code(recent, recent_code)
+        referred = grant("g-referred", expires_at=NOW - 100)
+        await store.create_authorization_code(referred, code(referred))
+        old_token = grant_token(referred, exp=NOW - 5)
+        assert await store.issue_grant_tokens("g-referred", [NewToken(old_token)], NOW - 200)
+        purged_token = grant_token(ended, exp=NOW - 200)
+        assert await store.issue_grant_tokens("g-old", [NewToken(purged_token)], NOW - 300)
+        live = grant("g-live")
+        await store.create_authorization_code(live, code(live))
+        assert await store.get_session(old_session.session_hash, NOW - 10) is not None
+
+        await store.purge(NOW, token_grace=50, event_retention=60, batch=1)
+
+        assert await store.get_session(old_session.session_hash, NOW - 10) is None
+        assert await store.get_session(live_session.session_hash, NOW) is not None
+        assert (await store.redeem_authorization_code(old_code.code_hash, NOW)).outcome == (
+            "unknown"
+        )
+        assert (await store.redeem_authorization_code(recent_code.code_hash, NOW)).outcome == (
+            "expired"
+        )
+        assert await store.find_token(purged_token.token_hash) is None
+        assert await store.get_grant("g-old") is None
+        assert await store.get_grant("g-recent") is not None  # within the grace
+        assert await store.get_grant("g-referred") is not None  # a token still names it
+        assert await store.get_grant("g-live") is not None

@@ -37,28 +37,59 @@ except ImportError as exc:  # pragma: no cover - only without the extra
         "the PostgreSQL store needs the postgres extra: pip install 'keystile[postgres]'"
     ) from exc
 
-from keystile.core.models import Client, ResourceServer, SigningKey, TokenRecord
+from keystile.core.models import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    ResourceServer,
+    Session,
+    SigningKey,
+    TokenRecord,
+    User,
+)
 from keystile.errors import StoreUnavailable
 from keystile.store.base import (
     CLIENT_DELETED,
     CLIENT_DISABLED,
+    CODE_REPLAYED,
+    GRANT_REVOKED,
+    REFRESH_TOKEN_REPLAYED,
+    REFRESH_TOKEN_REVOKED,
     TOKEN_REVOKED,
+    USER_DELETED,
+    USER_DISABLED,
+    USER_REVOKE_SESSIONS,
+    USER_SESSIONS_REVOKED,
+    CodeRedemption,
     Conflict,
     Event,
+    NewToken,
     NotFound,
     PurgeResult,
+    Rotation,
 )
 from keystile.store.rows import (
     CLIENT_COLUMNS,
+    CODE_COLUMNS,
+    GRANT_COLUMNS,
     KEY_COLUMNS,
     TOKEN_COLUMNS,
+    USER_COLUMNS,
     client_from_row,
     client_params,
+    code_from_row,
+    code_params,
+    grant_from_row,
+    grant_params,
     join,
     key_from_row,
+    placeholders,
+    revoked_token_payload,
     split,
     token_from_row,
     token_params,
+    user_from_row,
+    user_params,
 )
 from keystile.store.rows import migrations as _migrations
 
@@ -91,6 +122,7 @@ _LOOKUP_MANY_SQL = (
     " FROM registry_version rv LEFT JOIN tokens t ON t.token_hash = ANY($1::bytea[])"
     " WHERE rv.id = 1"
 )
+_USER_COLUMNS_U = ", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))
 _MAX_BATCH = 256  # lookups per statement
 Lookup = tuple[int, TokenRecord | None]
 _RS_SELECT = (
@@ -448,7 +480,7 @@ class PostgresStore:
         async def fn(c: asyncpg.Connection) -> None:
             status = await c.execute(
                 f"INSERT INTO clients ({CLIENT_COLUMNS})"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+                f" VALUES ({placeholders(CLIENT_COLUMNS, '$')})"
                 " ON CONFLICT (client_id) DO NOTHING",
                 *client_params(client),
             )
@@ -474,11 +506,10 @@ class PostgresStore:
             status = await c.execute(
                 "UPDATE clients SET name=$2, secret_hash=$3, auth_method=$4, grant_types=$5,"
                 " scopes=$6, default_audience=$7, access_token_ttl=$8, enabled=$9,"
-                " updated_at=$10, token_format=$11, jwks=$12 WHERE client_id=$1",
+                " updated_at=$10, token_format=$11, jwks=$12, redirect_uris=$13,"
+                " refresh_token_ttl=$14, refresh_token_max_ttl=$15 WHERE client_id=$1",
                 *client_params(client)[:9],
-                client.updated_at,
-                client.token_format,
-                client.jwks,
+                *client_params(client)[10:],  # all but created_at
             )
             if _rowcount(status) == 0:
                 raise NotFound(f"no client {client.client_id!r}")
@@ -721,19 +752,28 @@ class PostgresStore:
         async def fn(c: asyncpg.Connection) -> bool:
             # The conditional UPDATE takes the row lock: of two concurrent revocations the
             # second waits, re-reads revoked_at and changes nothing, so exactly one event.
+            # A refresh token of a grant is not matched: it takes the cascade below.
             row = await c.fetchrow(
                 "UPDATE tokens SET revoked_at = $3"
                 " WHERE token_hash = $1 AND client_id = $2 AND revoked_at IS NULL AND exp > $3"
+                " AND (kind <> 'refresh_token' OR grant_id IS NULL)"
                 " RETURNING jti, kind, exp, aud",
                 token_hash,
                 client_id,
                 now,
             )
-            if row is None:  # unknown, another client's, already revoked or expired
-                owner = await c.fetchval(
-                    "SELECT client_id FROM tokens WHERE token_hash = $1", token_hash
+            if row is None:  # unknown, another client's, already revoked, expired, or a grant's
+                found = await c.fetchrow(
+                    "SELECT client_id, kind, grant_id FROM tokens WHERE token_hash = $1",
+                    token_hash,
                 )
-                return bool(owner == client_id)
+                if found is None or found[0] != client_id:
+                    return False
+                if found[1] == "refresh_token" and found[2] is not None:
+                    # RFC 7009 §2.1: revoking a refresh token revokes its grant, so every
+                    # access token issued from it too (docs/users.md, the cascade matrix).
+                    await _revoke_grant(c, found[2], now, REFRESH_TOKEN_REVOKED)
+                return True
             await _append_event(
                 c,
                 TOKEN_REVOKED,
@@ -805,7 +845,35 @@ class PostgresStore:
                 break
             await asyncio.sleep(0)
         await self._purge_assertion_jtis(now, batch)
+        await self._purge_users_side(now, token_grace, batch)
         return PurgeResult(tokens=tokens, events=events)
+
+    async def _purge_users_side(self, now: int, grace: int, batch: int) -> None:
+        """Expired sessions, codes past their grace, and ended grants no token refers to."""
+        for sql, cutoff in (
+            (
+                "DELETE FROM sessions WHERE session_hash IN"
+                " (SELECT session_hash FROM sessions WHERE expires_at < $1 LIMIT $2)",
+                now,
+            ),
+            (
+                "DELETE FROM authorization_codes WHERE code_hash IN"
+                " (SELECT code_hash FROM authorization_codes WHERE expires_at < $1 LIMIT $2)",
+                now - grace,
+            ),
+            (
+                "DELETE FROM grants WHERE grant_id IN (SELECT g.grant_id FROM grants g"
+                " WHERE g.expires_at < $1 AND NOT EXISTS"
+                " (SELECT 1 FROM tokens t WHERE t.grant_id = g.grant_id) LIMIT $2)",
+                now - grace,
+            ),
+        ):
+            while True:
+                async with self._acquire() as conn:
+                    status = await conn.execute(sql, cutoff, batch)
+                if _rowcount(status) < batch:
+                    break
+                await asyncio.sleep(0)  # let requests run between batches
 
     # -- push notifications for the event bus ---------------------------------------------------
 
@@ -985,6 +1053,273 @@ class PostgresStore:
                 return total
             await asyncio.sleep(0)
 
+    # -- users, sessions, consent (issue 3) -------------------------------------------------
+
+    async def _write1(self, sql: str, *args: Any) -> int:
+        """One statement on its own (atomic without a transaction block); the rows it
+        changed. Integrity violations (a taken key, an unknown user) become Conflict."""
+        async with self._acquire() as conn:
+            try:
+                return _rowcount(await conn.execute(sql, *args))
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise Conflict(str(exc)) from exc
+
+    async def create_user(self, user: User) -> None:
+        # No conflict target: a taken user id and a taken username are both refused.
+        n = await self._write1(
+            f"INSERT INTO users ({USER_COLUMNS}) VALUES ({placeholders(USER_COLUMNS, '$')})"
+            " ON CONFLICT DO NOTHING",
+            *user_params(user),
+        )
+        if n == 0:
+            raise Conflict(f"user {user.username!r} exists already")
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
+        return None if row is None else user_from_row(row)
+
+    async def get_user_by_name(self, username: str) -> User | None:
+        row = await self._fetchrow(
+            f"SELECT {USER_COLUMNS} FROM users WHERE username = $1", username
+        )
+        return None if row is None else user_from_row(row)
+
+    async def list_users(self) -> list[User]:
+        rows = await self._fetch(f"SELECT {USER_COLUMNS} FROM users ORDER BY username")
+        return [user_from_row(r) for r in rows]
+
+    async def update_user(self, user: User) -> None:
+        async def fn(c: asyncpg.Connection) -> None:
+            other = await c.fetchval("SELECT user_id FROM users WHERE username = $1", user.username)
+            if other is not None and other != user.user_id:
+                raise Conflict(f"user {user.username!r} exists already")
+            # A concurrent rename to the same name loses on the unique index: Conflict too.
+            status = await c.execute(
+                "UPDATE users SET username = $2, password_hash = $3, updated_at = $4"
+                " WHERE user_id = $1",
+                user.user_id,
+                user.username,
+                user.password_hash,
+                user.updated_at,
+            )
+            if _rowcount(status) == 0:
+                raise NotFound(f"no user {user.user_id!r}")
+
+        await self._tx(fn)
+
+    async def set_user_enabled(self, user_id: str, enabled: bool, now: int) -> int:
+        async def fn(c: asyncpg.Connection) -> int:
+            # The row lock of the UPDATE orders this against every other cascade of the user.
+            status = await c.execute(
+                "UPDATE users SET enabled = $2, updated_at = $3 WHERE user_id = $1",
+                user_id,
+                enabled,
+                now,
+            )
+            if _rowcount(status) == 0:
+                raise NotFound(f"no user {user_id!r}")
+            return 0 if enabled else await _revoke_user(c, user_id, now, USER_DISABLED)
+
+        return await self._tx(fn)
+
+    async def delete_user(self, user_id: str, now: int) -> int:
+        async def fn(c: asyncpg.Connection) -> int:
+            if not await c.fetchval(
+                "SELECT true FROM users WHERE user_id = $1 FOR UPDATE", user_id
+            ):
+                raise NotFound(f"no user {user_id!r}")
+            n = await _revoke_user(c, user_id, now, USER_DELETED)
+            await c.execute("DELETE FROM users WHERE user_id = $1", user_id)  # consents go too
+            return n
+
+        return await self._tx(fn)
+
+    async def revoke_user_sessions(self, user_id: str, now: int) -> int:
+        async def fn(c: asyncpg.Connection) -> int:
+            if not await c.fetchval(
+                "SELECT true FROM users WHERE user_id = $1 FOR UPDATE", user_id
+            ):
+                raise NotFound(f"no user {user_id!r}")
+            return await _revoke_user(c, user_id, now, USER_REVOKE_SESSIONS)
+
+        return await self._tx(fn)
+
+    async def create_session(self, session: Session) -> None:
+        await self._write1(
+            "INSERT INTO sessions (session_hash, user_id, created_at, expires_at)"
+            " VALUES ($1, $2, $3, $4)",
+            session.session_hash,
+            session.user_id,
+            session.created_at,
+            session.expires_at,
+        )
+
+    async def get_session(self, session_hash: bytes, now: int) -> tuple[Session, User] | None:
+        row = await self._fetchrow(
+            f"SELECT s.created_at, s.expires_at, {_USER_COLUMNS_U} FROM sessions s"
+            " JOIN users u ON u.user_id = s.user_id"
+            " WHERE s.session_hash = $1 AND s.expires_at > $2 AND u.enabled",
+            session_hash,
+            now,
+        )
+        if row is None:
+            return None
+        user = user_from_row(row[2:])
+        return Session(session_hash, user.user_id, row[0], row[1]), user
+
+    async def delete_session(self, session_hash: bytes) -> None:
+        await self._write1("DELETE FROM sessions WHERE session_hash = $1", session_hash)
+
+    async def get_consent(self, user_id: str, client_id: str) -> frozenset[str] | None:
+        row = await self._fetchrow(
+            "SELECT scope FROM consents WHERE user_id = $1 AND client_id = $2", user_id, client_id
+        )
+        return None if row is None else split(row[0])
+
+    async def set_consent(
+        self, user_id: str, client_id: str, scope: frozenset[str], now: int
+    ) -> None:
+        await self._write1(
+            "INSERT INTO consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (user_id, client_id) DO UPDATE SET scope = excluded.scope,"
+            " updated_at = excluded.updated_at",
+            user_id,
+            client_id,
+            join(scope),
+            now,
+        )
+
+    # -- authorization code grant and refresh tokens (RFC 6749 §4.1, §6; RFC 9700) ---------
+    #
+    # Lock order, the same in every transaction, so that none can deadlock another:
+    # authorization code -> grant(s), several in grant_id order -> tokens -> event log head.
+    # A transaction writes its events last, after every row it changes is locked.
+
+    async def create_authorization_code(self, grant: Grant, code: AuthorizationCode) -> None:
+        async def fn(c: asyncpg.Connection) -> None:
+            await c.execute(
+                f"INSERT INTO grants ({GRANT_COLUMNS}) VALUES ({placeholders(GRANT_COLUMNS, '$')})",
+                *grant_params(grant),
+            )
+            await c.execute(
+                f"INSERT INTO authorization_codes ({CODE_COLUMNS})"
+                f" VALUES ({placeholders(CODE_COLUMNS, '$')})",
+                *code_params(code),
+            )
+
+        await self._tx(fn)
+
+    async def redeem_authorization_code(self, code_hash: bytes, now: int) -> CodeRedemption:
+        async def fn(c: asyncpg.Connection) -> CodeRedemption:
+            # FOR UPDATE: of two redemptions at once, the second waits for the first to
+            # commit, then reads used_at set and is a replay.
+            row = await c.fetchrow(
+                f"SELECT {CODE_COLUMNS} FROM authorization_codes WHERE code_hash = $1 FOR UPDATE",
+                code_hash,
+            )
+            if row is None:
+                return CodeRedemption("unknown")
+            code = code_from_row(row)
+            grow = await c.fetchrow(
+                f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1", code.grant_id
+            )
+            grant = None if grow is None else grant_from_row(grow)
+            if code.used_at is not None:
+                # RFC 6749 §4.1.2: a code used twice revokes what was issued from it.
+                await _revoke_grant(c, code.grant_id, now, CODE_REPLAYED)
+                return CodeRedemption("replayed", code, grant)
+            if now >= code.expires_at:
+                return CodeRedemption("expired", code, grant)
+            if grant is None or not grant.is_live(now):
+                return CodeRedemption("revoked", code, grant)
+            # The grant may still be revoked before its tokens are stored: issue_grant_tokens
+            # checks it again, under its lock.
+            await c.execute(
+                "UPDATE authorization_codes SET used_at = $2 WHERE code_hash = $1",
+                code_hash,
+                now,
+            )
+            return CodeRedemption("ok", code, grant)
+
+        return await self._tx(fn)
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        row = await self._fetchrow(
+            f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1", grant_id
+        )
+        return None if row is None else grant_from_row(row)
+
+    async def issue_grant_tokens(self, grant_id: str, tokens: list[NewToken], now: int) -> bool:
+        async def fn(c: asyncpg.Connection) -> bool:
+            # FOR SHARE, held to commit: a cascade revoking this grant (which updates the
+            # grant row first) waits for us and then revokes the tokens stored here; or it
+            # committed first and we see the grant revoked (the row is re-checked after the
+            # wait), storing nothing. Either way no token of a revoked grant stays live.
+            live = await c.fetchval(
+                "SELECT true FROM grants WHERE grant_id = $1 AND revoked_at IS NULL"
+                " AND expires_at > $2 FOR SHARE",
+                grant_id,
+                now,
+            )
+            if not live:
+                return False
+            await _insert_tokens(c, tokens)
+            return True
+
+        return await self._tx(fn)
+
+    async def rotate_refresh_token(
+        self, token_hash: bytes, tokens: list[NewToken], now: int
+    ) -> Rotation:
+        async def fn(c: asyncpg.Connection) -> Rotation:
+            # The token's grant (fixed for its life) is locked before the token, in the lock
+            # order of the cascades: two rotations of one token, or of two tokens of one
+            # grant, queue on the grant row instead of deadlocking on a lock upgrade.
+            grant_id = await c.fetchval(
+                "SELECT grant_id FROM tokens WHERE token_hash = $1 AND kind = 'refresh_token'",
+                token_hash,
+            )
+            if grant_id is None:
+                return Rotation("unknown")
+            await c.execute("SELECT 1 FROM grants WHERE grant_id = $1 FOR UPDATE", grant_id)
+            row = await c.fetchrow(
+                "SELECT revoked_at, rotated_at, exp FROM tokens WHERE token_hash = $1 FOR UPDATE",
+                token_hash,
+            )
+            if row is None:  # purged meanwhile
+                return Rotation("unknown")
+            if row[1] is not None:
+                # RFC 9700 §4.14.2: a rotated refresh token presented again means two
+                # parties hold it; which one is the attacker is unknowable, so the grant ends.
+                n = await _revoke_grant(c, grant_id, now, REFRESH_TOKEN_REPLAYED)
+                return Rotation("replayed", n)
+            if row[0] is not None:
+                return Rotation("revoked")
+            if now >= row[2]:
+                return Rotation("expired")
+            if not await c.fetchval(
+                "SELECT true FROM grants WHERE grant_id = $1 AND revoked_at IS NULL"
+                " AND expires_at > $2",
+                grant_id,
+                now,
+            ):
+                return Rotation("revoked")
+            await c.execute(
+                "UPDATE tokens SET rotated_at = $2, revoked_at = $2 WHERE token_hash = $1",
+                token_hash,
+                now,
+            )
+            await _insert_tokens(c, tokens)
+            return Rotation("ok")
+
+        return await self._tx(fn)
+
+    async def revoke_grant(self, grant_id: str, now: int, reason: str) -> int:
+        async def fn(c: asyncpg.Connection) -> int:
+            return await _revoke_grant(c, grant_id, now, reason)
+
+        return await self._tx(fn)
+
 
 async def _set_rs_clients(c: asyncpg.Connection, rs: ResourceServer) -> None:
     for client_id in sorted(rs.introspection_clients):
@@ -1003,6 +1338,14 @@ async def _set_rs_clients(c: asyncpg.Connection, rs: ResourceServer) -> None:
 
 
 async def _revoke_client_tokens(c: asyncpg.Connection, client_id: str, now: int) -> int:
+    # Its grants too, so an outstanding code or refresh token of them can never be used.
+    # Grants first (see _lock_live_grants), so an issuance or rotation in flight either
+    # commits before (and its tokens are revoked below) or sees the grant revoked.
+    grants = await _lock_live_grants(c, "client_id = $1", client_id)
+    if grants:
+        await c.execute(
+            "UPDATE grants SET revoked_at = $2 WHERE grant_id = ANY($1::text[])", grants, now
+        )
     status = await c.execute(
         "UPDATE tokens SET revoked_at = $2"
         " WHERE client_id = $1 AND revoked_at IS NULL AND exp > $2",
@@ -1010,6 +1353,103 @@ async def _revoke_client_tokens(c: asyncpg.Connection, client_id: str, now: int)
         now,
     )
     return _rowcount(status)
+
+
+async def _lock_live_grants(c: asyncpg.Connection, where: str, key: str) -> list[str]:
+    """Lock the unrevoked grants matching ``where`` (``$1`` = ``key``), in grant_id order:
+    cascades that lock several grants take them in one order, so they cannot deadlock."""
+    rows = await c.fetch(
+        f"SELECT grant_id FROM grants WHERE {where} AND revoked_at IS NULL"
+        " ORDER BY grant_id FOR UPDATE",
+        key,
+    )
+    return [r[0] for r in rows]
+
+
+_REVOKED_COLUMNS = "token_hash, jti, client_id, kind, aud, exp"
+
+
+async def _revoke_tokens(c: asyncpg.Connection, where: str, key: str, now: int) -> int:
+    """Revoke the live tokens matching ``where`` (``$1`` = ``key``), each with its
+    token_revoked event. One UPDATE locks them all before any event is written."""
+    rows = await c.fetch(
+        f"UPDATE tokens SET revoked_at = $2 WHERE {where} AND revoked_at IS NULL AND exp > $2"
+        f" RETURNING {_REVOKED_COLUMNS}",
+        key,
+        now,
+    )
+    rows.sort(key=lambda r: (r[5], r[1]))  # a stable order: by expiry, then jti
+    await _append_events(c, TOKEN_REVOKED, now, [revoked_token_payload(r) for r in rows])
+    return len(rows)
+
+
+async def _revoke_grant(c: asyncpg.Connection, grant_id: str, now: int, reason: str) -> int:
+    """Revoke one grant and its live tokens, with events; the number of tokens revoked."""
+    # FOR UPDATE: of two cascades of one grant, the second waits and finds it revoked, so
+    # one grant_revoked event.
+    row = await c.fetchrow(
+        "SELECT client_id, user_id, revoked_at FROM grants WHERE grant_id = $1 FOR UPDATE",
+        grant_id,
+    )
+    if row is None:
+        # No such grant (never stored, or purged): any token naming it is revoked all the
+        # same, so that revoking a refresh token never answers yes and leaves it live.
+        return await _revoke_tokens(c, "grant_id = $1", grant_id, now)
+    if row[2] is None:
+        await c.execute("UPDATE grants SET revoked_at = $2 WHERE grant_id = $1", grant_id, now)
+    n = await _revoke_tokens(c, "grant_id = $1", grant_id, now)
+    if row[2] is None or n:
+        await _append_event(
+            c,
+            GRANT_REVOKED,
+            now,
+            {
+                "grant_id": grant_id,
+                "client_id": row[0],
+                "sub": row[1],
+                "reason": reason,
+                "tokens_revoked": n,
+            },
+        )
+    return n
+
+
+async def _revoke_user(c: asyncpg.Connection, user_id: str, now: int, reason: str) -> int:
+    """End a user's sessions and revoke all their grants and tokens, with events. The
+    caller holds the user's row lock, so cascades of one user run one at a time."""
+    await c.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
+    grants = await _lock_live_grants(c, "user_id = $1", user_id)
+    if grants:
+        await c.execute(
+            "UPDATE grants SET revoked_at = $2 WHERE grant_id = ANY($1::text[])", grants, now
+        )
+    n = await _revoke_tokens(
+        c, "grant_id IN (SELECT grant_id FROM grants WHERE user_id = $1)", user_id, now
+    )
+    await _append_event(
+        c,
+        USER_SESSIONS_REVOKED,
+        now,
+        {"sub": user_id, "reason": reason, "grants_revoked": len(grants), "tokens_revoked": n},
+    )
+    return n
+
+
+async def _insert_tokens(c: asyncpg.Connection, tokens: list[NewToken]) -> None:
+    if not tokens:
+        return
+    await c.executemany(
+        f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({placeholders(TOKEN_COLUMNS, '$')})",
+        [token_params(t.record) for t in tokens],
+    )
+    for token in tokens:
+        if token.kid is not None:  # a JWT: its key stays published while it lives
+            await c.execute(
+                "UPDATE signing_keys SET not_after = $2 WHERE kid = $1 AND not_after < $3",
+                token.kid,
+                token.not_after,
+                token.record.exp,
+            )
 
 
 async def _append_event(
@@ -1022,6 +1462,17 @@ async def _append_event(
         now,
         json.dumps(payload, separators=(",", ":"), sort_keys=True),
     )
+
+
+async def _append_events(
+    c: asyncpg.Connection, type_: str, now: int, payloads: list[dict[str, Any]]
+) -> None:
+    """Several events of one type, in order, in one round trip."""
+    if payloads:
+        await c.executemany(
+            "INSERT INTO events (type, created_at, payload) VALUES ($1, $2, $3::jsonb)",
+            [(type_, now, json.dumps(p, separators=(",", ":"), sort_keys=True)) for p in payloads],
+        )
 
 
 def migrations() -> list[tuple[int, str, str]]:
