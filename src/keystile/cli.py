@@ -188,7 +188,11 @@ def serve(
     setup = _run(
         settings,
         lambda store: first_start(
-            store, clock, demo=settings.demo_enabled, ttl=settings.access_token_ttl
+            store,
+            clock,
+            demo=settings.demo_enabled,
+            ttl=settings.access_token_ttl,
+            issuer=settings.effective_issuer,
         ),
     )
     if setup is not None:

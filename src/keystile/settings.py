@@ -123,6 +123,21 @@ class ServerSettings(BaseSettings):
     jwks_max_age: int = Field(
         300, ge=0, le=86400, description="Cache-Control max-age of the JWKS, in seconds."
     )
+    # -- people: sign-in, consent, authorization codes (issue 3) --------------------------------
+    authorization_code_ttl: int = Field(
+        60,
+        ge=10,
+        le=600,
+        description="Lifetime of an authorization code, in seconds (RFC 6749 §4.1.2: at most "
+        "10 minutes).",
+    )
+    session_ttl: int = Field(
+        28800, ge=60, le=90 * 86400, description="How long a sign-in lasts, in seconds."
+    )
+    login_failures: int = Field(
+        5, ge=1, description="Failed sign-ins allowed per window, per username and per address."
+    )
+    login_window: int = Field(300, ge=1, description="Sign-in throttle window in seconds.")
 
     @field_validator("issuer")
     @classmethod

@@ -215,7 +215,7 @@ class TestMethodAndPath:
 
     async def test_post_to_unknown_path(self, http):
         """A POST to an unknown path is 404 JSON too."""
-        r = await http.post("/oauth2/authorize", data={"a": "b"})
+        r = await http.post("/oauth2/nothing-here", data={"a": "b"})
 
         assert r.status_code == 404
         assert r.json()["error"] == "invalid_request"

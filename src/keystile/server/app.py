@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from keystile.clock import Clock, SystemClock
@@ -28,10 +28,12 @@ from keystile.core.metadata import (
 )
 from keystile.errors import ConfigurationError, KeystileError
 from keystile.events.bus import EventBus
+from keystile.server.demo import DEMO_CALLBACK_PATH, demo_callback_page
 from keystile.server.endpoints import OAuthEndpoints
 from keystile.server.events import EventStream
 from keystile.server.http import Receive, Scope, Send
 from keystile.server.metrics import ServerMetrics
+from keystile.server.ui import ui_routes
 from keystile.settings import ServerSettings
 from keystile.store.base import Store
 
@@ -87,6 +89,22 @@ def _shared_throttle(settings: ServerSettings, clock: Clock) -> RedisFailureThro
     )
 
 
+def _shared_login_throttle(settings: ServerSettings, clock: Clock) -> RedisFailureThrottle | None:
+    """Failed sign-ins (issue 3), shared through Redis like failed client authentications
+    but counted apart, with their own limits (None: the pages count in-process)."""
+    if settings.redis_url is None:
+        return None
+    from keystile.server.shared_throttle import RedisFailureThrottle  # checked just before
+
+    return RedisFailureThrottle(
+        settings.redis_url,
+        clock,
+        limit=settings.login_failures,
+        window=settings.login_window,
+        prefix=f"{settings.redis_prefix}:login-throttle",
+    )
+
+
 # ------------------------------------------------------------------------------------------
 
 
@@ -138,6 +156,7 @@ def create_app(
     the_clock = clock or SystemClock()
     the_metrics = metrics or ServerMetrics()
     shared_throttle = _shared_throttle(settings, the_clock)
+    login_throttle = _shared_login_throttle(settings, the_clock)
     endpoints = OAuthEndpoints(
         settings, the_store, the_clock, the_metrics, throttle=shared_throttle
     )
@@ -183,6 +202,23 @@ def create_app(
             body["redis"] = shared_throttle.state
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
+    async def demo_callback(request: Request) -> Response:
+        # The demo client's landing page (docs/users.md, "Try it"): shows the code and the
+        # command that redeems it; 404 on a database without the demo setup.
+        status, html = await demo_callback_page(
+            the_store, settings.effective_issuer, dict(request.query_params)
+        )
+        return HTMLResponse(
+            html,
+            status_code=status,
+            headers={
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+                "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+            },
+        )
+
     async def metrics_endpoint(request: Request) -> Response:
         return Response(the_metrics.render(), media_type=the_metrics.content_type)
 
@@ -210,6 +246,8 @@ def create_app(
         await bus.start()
         if shared_throttle is not None:
             await shared_throttle.start()
+        if login_throttle is not None:
+            await login_throttle.start()
         try:
             await endpoints.signing.start()  # the first start makes a signing key
         except KeystileError as exc:
@@ -228,6 +266,8 @@ def create_app(
             await bus.stop()
             if shared_throttle is not None:
                 await shared_throttle.stop()
+            if login_throttle is not None:
+                await login_throttle.stop()
             if owns_store:
                 await the_store.close()
 
@@ -238,6 +278,9 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route(DEMO_CALLBACK_PATH, demo_callback, methods=["GET"]),
+            # The browser side of the authorization code flow (issue 3).
+            *ui_routes(settings, the_store, the_clock, throttle=login_throttle),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,

@@ -1,0 +1,235 @@
+"""The authorization code flow as real clients run it, against a real `keystile serve`:
+
+- a real browser (Debian's headless Chromium driven by Playwright) follows the link the demo
+  setup prints, signs in, consents and lands on the demo callback page; the code is then
+  exchanged with PKCE and introspection names the user;
+- Authlib's OAuth 2.0 client (code flow with PKCE, refresh, revocation), a client no one
+  here wrote, with introspection changing as it goes.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from html import unescape
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import TOKEN, service_unavailable
+from tests.e2e.conftest import CLI_TIMEOUT, KEYSTILE, DemoServer, Server, clean_env
+
+pytestmark = pytest.mark.process
+
+CHROMIUM = "/usr/bin/chromium"
+_USER = re.compile(r"^\s+user\s+(\S+)\s+password\s+(\S+)$", re.MULTILINE)
+_OPEN = re.compile(r"^\s+open\s+(\S+)$", re.MULTILINE)
+_VERIFIER = re.compile(r'code_verifier=([A-Za-z0-9_\-.~]+)"')
+_HIDDEN = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
+
+
+def _query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Headless Chromium from Debian's package, driven by Playwright (no browser download)."""
+    if not Path(CHROMIUM).exists():
+        service_unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class TestBrowser:
+    def test_newcomer_signs_in_consents_and_gets_a_user_token(
+        self, demo_server: DemoServer, chromium: Any
+    ) -> None:
+        """The path docs/users.md promises a newcomer: the printed link, the demo user, the
+        consent page, the code on the callback page (with state and RFC 9207 iss), the PKCE
+        exchange, and introspection that names the user (RFC 7662 §2.2)."""
+        server, demo = demo_server.server, demo_server.demo
+        out = server.stdout
+        user, password = _USER.search(out).groups()  # type: ignore[union-attr]
+        authorize = _OPEN.search(out).group(1)  # type: ignore[union-attr]
+        verifier = _VERIFIER.search(out).group(1)  # type: ignore[union-attr]
+        context = chromium.new_context()
+        page = context.new_page()
+
+        page.goto(authorize)
+        # Accessible: the username field has the focus, then Tab goes to the password and
+        # then to the button (labels, focus order).
+        assert page.evaluate("document.activeElement.id") == "username"
+        page.keyboard.type(user)
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "password"
+        page.keyboard.type(password)
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Sign in"
+        page.keyboard.press("Enter")
+
+        # The login page was served at the authorize URL; the consent page follows there too.
+        allow = page.get_by_role("button", name="Allow")
+        allow.wait_for()
+        assert "Demo single-page app" in page.locator("h1").inner_text()
+        page.get_by_label("Remember this decision").check()
+        allow.click()
+        page.wait_for_url(re.compile(r"/demo/callback"))
+
+        landed = _query(page.url)
+        assert landed["state"] == "demo"
+        assert landed["iss"] == server.url  # RFC 9207 §2
+        code = landed["code"]
+        assert code in unescape(page.locator("pre").inner_text())  # the ready command
+        cookies = {c["name"]: c for c in context.cookies()}
+        session = next(c for name, c in cookies.items() if "session" in name)
+        assert session["httpOnly"] is True
+        assert session["sameSite"] == "Lax"
+
+        r = server.http.post(
+            TOKEN,
+            data={
+                "grant_type": "authorization_code",
+                "client_id": "demo-spa",
+                "code": code,
+                "redirect_uri": server.url + "/demo/callback",
+                "code_verifier": verifier,
+            },
+        )
+        assert r.status_code == 200, r.text
+        tokens = r.json()
+        info = server.introspect(demo.rs, tokens["access_token"]).json()
+        assert info["active"] is True
+        assert info["username"] == user
+        assert info["sub"].startswith("usr_")
+        assert info["client_id"] == "demo-spa"
+
+        # Consent was remembered: the same request goes straight back with a new code.
+        page.goto(authorize)
+        page.wait_for_url(re.compile(r"/demo/callback"))
+        assert _query(page.url)["code"] != code
+        context.close()
+
+
+def _keystile(server: Server, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        [str(KEYSTILE), *args, "--db", str(server.db)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _sign_in_and_allow(http: httpx.Client, url: str, user: str, password: str) -> str:
+    """What a user's browser does between the client's redirect and its callback: the
+    login form, then the consent form. Returns the callback URL keystile redirects to."""
+    page = http.get(url)
+    assert page.status_code == 200, page.text
+    form = {k: unescape(v) for k, v in _HIDDEN.findall(page.text)}
+    r = http.post("/login", data={**form, "username": user, "password": password})
+    assert r.status_code == 303, r.text
+    page = http.get(r.headers["location"])
+    assert page.status_code == 200, page.text
+    form = {k: unescape(v) for k, v in _HIDDEN.findall(page.text)}
+    r = http.post("/oauth2/consent", data={**form, "decision": "allow"})
+    assert r.status_code in (302, 303), r.text
+    return r.headers["location"]
+
+
+class TestAuthlibClient:
+    def test_code_flow_refresh_and_revocation(self, demo_server: DemoServer) -> None:
+        """Authlib's OAuth2Client runs the code flow with PKCE S256 (RFC 7636), refreshes
+        (RFC 6749 §6, rotation per RFC 9700 §4.14.2) and revokes (RFC 7009 §2.1), and
+        introspection follows each step."""
+        from authlib.common.security import generate_token
+        from authlib.deprecate import AuthlibDeprecationWarning  # adds its own "always" filter
+
+        with warnings.catch_warnings():
+            # Authlib 1.9.10+ prefers the httpx2 fork and warns when it falls back to httpx,
+            # which is what it runs on here (and what keystile's SDK uses).
+            warnings.simplefilter("ignore", AuthlibDeprecationWarning)
+            from authlib.integrations.httpx_client import OAuth2Client
+
+        server, demo = demo_server.server, demo_server.demo
+        redirect_uri = "http://127.0.0.1:9/callback"  # never followed: we read Location
+        created = _keystile(
+            server,
+            "client",
+            "create",
+            "webapp",
+            "--grant",
+            "authorization_code",
+            "--grant",
+            "refresh_token",
+            "--redirect-uri",
+            redirect_uri,
+            "--scope",
+            "read write",
+            "--audience",
+            "https://api.example.test",
+            "--json",
+        )
+        secret = re.search(r'"client_secret":\s*"(ks_cs_[^"]+)"', created).group(1)  # type: ignore[union-attr]
+        _keystile(server, "user", "create", "alice", "--password-stdin", stdin="wonderland-42\n")
+
+        client = OAuth2Client(
+            "webapp",
+            secret,
+            scope="read write",
+            redirect_uri=redirect_uri,
+            code_challenge_method="S256",
+            token_endpoint_auth_method="client_secret_basic",
+            trust_env=False,
+        )
+        verifier = generate_token(64)
+        url, state = client.create_authorization_url(
+            server.url + "/oauth2/authorize", code_verifier=verifier
+        )
+        browser = httpx.Client(base_url=server.url, trust_env=False, follow_redirects=False)
+        callback = _sign_in_and_allow(browser, url, "alice", "wonderland-42")
+        assert callback.startswith(redirect_uri + "?")
+        assert _query(callback)["iss"] == server.url  # RFC 9207: the mix-up defence
+
+        token = client.fetch_token(
+            server.url + TOKEN, authorization_response=callback, state=state, code_verifier=verifier
+        )
+        rs = demo.rs
+        info = server.introspect(rs, token["access_token"]).json()
+        assert info["active"] is True
+        assert info["username"] == "alice"
+        assert info["client_id"] == "webapp"
+        first_refresh = token["refresh_token"]
+
+        renewed = client.refresh_token(server.url + TOKEN)
+        assert renewed["refresh_token"] != first_refresh
+        assert server.introspect(rs, renewed["access_token"]).json()["active"] is True
+        assert server.introspect(rs, first_refresh).json() == {"active": False}
+
+        r = client.revoke_token(
+            server.url + "/oauth2/revoke",
+            token=renewed["refresh_token"],
+            token_type_hint="refresh_token",
+        )
+        assert r.status_code == 200
+        # The refresh token took its grant with it: every access token of the grant too.
+        for value in (renewed["access_token"], token["access_token"]):
+            assert server.introspect(rs, value).json() == {"active": False}
+        browser.close()
+        client.close()
