@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -395,6 +396,10 @@ class TestDatabase:
         def digest(value: str) -> bytes:
             return hashlib.sha256(value.encode()).digest()
 
+        # The demo user's password (printed once) is at rest only as an argon2id hash.
+        password = re.search(r"^\s+user\s+demo\s+password\s+(\S+)$", server.stdout, re.M)
+        assert password is not None, server.stdout
+
         for stage in ("running", "stopped"):
             if stage == "stopped":
                 server.stop()
@@ -403,6 +408,8 @@ class TestDatabase:
                 assert value.encode() not in data, stage
                 # Positive control: the digest is there, so we read the right files.
                 assert digest(value) in data, stage
+            assert password.group(1).encode() not in data, stage
+            assert b"$argon2id$" in data, stage
 
         with sqlite3.connect(server.db) as conn:
             rows = conn.execute("SELECT * FROM tokens").fetchall()
@@ -413,6 +420,8 @@ class TestDatabase:
         cells = [str(cell) for row in rows for cell in row]
         assert not [c for c in cells if "ks_at_" in c]
         assert hashes == {digest(token), digest(revoked)}
+        # The public demo client holds no usable secret: a digest of a value never shown.
+        assert len(secrets.pop("demo-spa")) == 32
         assert secrets == {
             "demo-app": digest(demo.app.secret),
             "demo-rs": digest(demo.rs.secret),

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import warnings
@@ -23,6 +24,7 @@ import pytest
 
 from tests.conftest import TOKEN, service_unavailable
 from tests.e2e.conftest import CLI_TIMEOUT, KEYSTILE, DemoServer, Server, clean_env
+from tests.e2e.test_readme_flow import printed_curl_commands, run_curl
 
 pytestmark = pytest.mark.process
 
@@ -55,7 +57,7 @@ def chromium() -> Iterator[Any]:
 
 class TestBrowser:
     def test_newcomer_signs_in_consents_and_gets_a_user_token(
-        self, demo_server: DemoServer, chromium: Any
+        self, demo_server: DemoServer, chromium: Any, curl: str
     ) -> None:
         """The path docs/users.md promises a newcomer: the printed link, the demo user, the
         consent page, the code on the callback page (with state and RFC 9207 iss), the PKCE
@@ -98,18 +100,12 @@ class TestBrowser:
         assert session["httpOnly"] is True
         assert session["sameSite"] == "Lax"
 
-        r = server.http.post(
-            TOKEN,
-            data={
-                "grant_type": "authorization_code",
-                "client_id": "demo-spa",
-                "code": code,
-                "redirect_uri": server.url + "/demo/callback",
-                "code_verifier": verifier,
-            },
-        )
-        assert r.status_code == 200, r.text
-        tokens = r.json()
+        # The command the callback page prints runs verbatim with the real curl.
+        (command,) = printed_curl_commands(page.locator("pre").inner_text())
+        status, body = run_curl(curl, *command[1:])
+        assert status == 200, body
+        tokens = json.loads(body)
+        assert verifier in command[-1]
         info = server.introspect(demo.rs, tokens["access_token"]).json()
         assert info["active"] is True
         assert info["username"] == user

@@ -100,8 +100,13 @@ class TestReadmeCurlFlow:
     def test_printed_commands_run_as_printed(self, demo_server: DemoServer, curl: str) -> None:
         """The three curl commands the first start prints work verbatim, ACCESS_TOKEN filled in."""
         commands = printed_curl_commands(demo_server.server.stdout)
-        assert [c[4].rsplit("/", 1)[-1] for c in commands] == ["token", "introspect", "revoke"]
-        token_cmd, introspect_cmd, revoke_cmd = commands
+        assert [c[4].rsplit("/", 1)[-1] for c in commands] == [
+            "token",
+            "introspect",
+            "revoke",
+            "token",  # the code exchange of the browser flow (tests/e2e/test_code_flow.py)
+        ]
+        token_cmd, introspect_cmd, revoke_cmd, _ = commands
 
         status, body = run_curl(curl, *token_cmd[1:])
         assert status == 200, body

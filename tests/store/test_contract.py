@@ -125,6 +125,17 @@ class TestLifecycle:
         await store.set_meta("initialized", "2")
         assert await store.get_meta("initialized") == "2"
 
+    async def test_claim_meta_keeps_the_first_value(self, store: Store, connect: Connect) -> None:
+        """Processes racing to create a shared secret (the CSRF key of the login pages) all
+        get the one value that was stored first."""
+        others = [await connect() for _ in range(3)]
+        won = await asyncio.gather(
+            *(s.claim_meta("ui_csrf_key", f"value-{i}") for i, s in enumerate([store, *others]))
+        )
+        assert len(set(won)) == 1
+        assert await store.get_meta("ui_csrf_key") == won[0]
+        assert await store.claim_meta("ui_csrf_key", "later") == won[0]
+
 
 class TestClients:
     async def test_client_round_trip_keeps_every_field(self, store: Store) -> None:

@@ -559,16 +559,8 @@ class _Pages:
         presented = given.encode("utf-8", "surrogateescape")
         key = await self._key()
         # Compare in constant time: the token is a MAC.
-        if hmac.compare_digest(_mac(key, purpose, cookie, session_hash).encode(), presented):
-            return
-        # Two processes may have created the key at once, and one of them kept the loser's:
-        # read it again before refusing.
-        fresh = await self._load_key()
-        if fresh != key:
-            self._csrf_key = fresh
-            if hmac.compare_digest(_mac(fresh, purpose, cookie, session_hash).encode(), presented):
-                return
-        raise _Forbidden
+        if not hmac.compare_digest(_mac(key, purpose, cookie, session_hash).encode(), presented):
+            raise _Forbidden
 
     async def _key(self) -> bytes:
         if self._csrf_key is None:
@@ -578,10 +570,8 @@ class _Pages:
     async def _load_key(self) -> bytes:
         value = await self.store.get_meta(CSRF_KEY_META)
         if value is None:
-            await self.store.set_meta(CSRF_KEY_META, secrets.token_hex(32))
-            value = await self.store.get_meta(CSRF_KEY_META)  # whichever process won
-            if value is None:
-                raise StoreUnavailable("the CSRF key was not stored")
+            # Insert-if-absent: processes starting together all keep the one that won.
+            value = await self.store.claim_meta(CSRF_KEY_META, secrets.token_hex(32))
         return bytes.fromhex(value)
 
     # -- pages --------------------------------------------------------------------------------

@@ -474,6 +474,18 @@ class PostgresStore:
 
         await self._tx(fn)
 
+    async def claim_meta(self, key: str, value: str) -> str:
+        async def fn(c: asyncpg.Connection) -> str:
+            await c.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                key,
+                value,
+            )
+            stored = await c.fetchval("SELECT value FROM meta WHERE key = $1", key)
+            return str(stored)
+
+        return await self._tx(fn)
+
     # -- clients ----------------------------------------------------------------------------
 
     async def create_client(self, client: Client) -> None:

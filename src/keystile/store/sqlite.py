@@ -270,6 +270,16 @@ class SQLiteStore:
 
         await self._write(fn)
 
+    async def claim_meta(self, key: str, value: str) -> str:
+        def fn(c: sqlite3.Connection) -> str:
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, value),
+            )
+            return str(c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+        return await self._write(fn)
+
     # -- clients ----------------------------------------------------------------------------
 
     async def create_client(self, client: Client) -> None:
