@@ -18,8 +18,9 @@ import pytest
 from keystile import admin
 from keystile.core.models import User
 from keystile.core.pkce import s256
-from keystile.core.tokens import token_hash
+from keystile.core.tokens import new_authorization_code, token_hash
 from keystile.server.app import KeystileApp, create_app
+from keystile.server.demo import first_start
 from keystile.settings import ServerSettings
 from keystile.store.sqlite import SQLiteStore
 from tests.conftest import API, ISSUER, OTHER_API
@@ -557,6 +558,23 @@ class TestSignIn:
         assert r.status_code == 429
         assert "retry-after" in r.headers
 
+    async def test_concurrent_guesses_are_throttled_too(self, http, web, user):
+        """Guesses sent at once do not slip past the throttle: each waits its turn and is
+        checked again then, so no more than login_failures passwords are tried."""
+        r = await http.get(AUTHORIZE, params=request_params())
+        fields = hidden(r.text)
+        guesses = [f"wrong password {i}" for i in range(4 * LIMIT)]
+        responses = await asyncio.gather(
+            *(
+                http.post(LOGIN, data={**fields, "username": USERNAME, "password": guess})
+                for guess in [*guesses, PASSWORD]
+            )
+        )
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(401) == LIMIT
+        assert statuses.count(429) == len(statuses) - LIMIT
+        assert session_cookie(http) is None
+
     async def test_disabled_user_cannot_sign_in(self, http, web, user, store, clock):
         """A disabled user gets the generic failure, right password or not."""
         await admin.set_user_enabled(store, clock, USERNAME, False)
@@ -573,6 +591,31 @@ class TestSignIn:
         r = await http.get(AUTHORIZE, params=request_params())
         assert r.status_code == 200
         assert 'action="/login"' in r.text
+
+    @pytest.mark.parametrize("how", ["disable", "revoke-sessions"])
+    async def test_no_code_for_a_user_cut_off_mid_request(
+        self, http, web, user, store, clock, monkeypatch, how
+    ):
+        """A user disabled or signed out everywhere while their browser's request is in
+        flight (after its session was checked) gets no code: the grant would have been
+        stored after the cascade ran, live, out of its reach (docs/users.md)."""
+        await decide(http, await sign_in(http), "allow", remember="yes")
+        remembered = store.get_consent
+
+        async def cut_off_meanwhile(user_id: str, client_id: str) -> frozenset[str] | None:
+            found = await remembered(user_id, client_id)
+            if how == "disable":
+                await admin.set_user_enabled(store, clock, USERNAME, False)
+            else:
+                await admin.revoke_user_sessions(store, clock, USERNAME)
+            return found
+
+        monkeypatch.setattr(store, "get_consent", cut_off_meanwhile)
+        r = await http.get(AUTHORIZE, params=request_params())
+        assert "location" not in r.headers
+        assert r.status_code == 200
+        assert 'action="/login"' in r.text
+        assert hidden(r.text)["request"]
 
     async def test_session_expires(self, http, web, user, clock):
         """A session ends after session_ttl."""
@@ -605,6 +648,25 @@ class TestSignIn:
         assert "mallory" not in logged
         assert "user signed in" in logged
         assert "sign-in failed" in logged
+
+    async def test_unknown_username_is_logged_by_a_keyed_digest(self, http, web, user, caplog):
+        """A "username" that is a password typed into the wrong field must not reach the
+        logs in a form a dictionary attack can test offline: not as itself, nor as a plain
+        SHA-256 (a prefix of one is enough to confirm a guess). The digest logged is keyed
+        by a server secret, and the same for the same name, so failures still correlate."""
+        caplog.set_level(logging.DEBUG, logger="keystile")
+        typed = "Tr0ub4dor&3"
+        await self._post(http, typed, "wrong password 123")
+        await self._post(http, typed, "wrong password 456")
+        failures = [r for r in caplog.records if r.getMessage() == "sign-in failed"]
+        assert len(failures) == 2
+        logged = " ".join(f"{rec.getMessage()} {rec.__dict__}" for rec in caplog.records)
+        for form in (typed, typed.lower()):
+            assert form not in logged
+            assert hashlib.sha256(form.encode()).hexdigest()[:8] not in logged
+        digests = {str(rec.__dict__.get("unknown_user_hmac")) for rec in failures}
+        assert len(digests) == 1
+        assert len(digests.pop()) == 16
 
 
 class TestSignOut:
@@ -699,6 +761,18 @@ class TestPages:
             assert "default-src 'none'" in csp
             assert "form-action" not in csp
 
+    @pytest.mark.parametrize("path", [AUTHORIZE, LOGIN, CONSENT, LOGOUT])
+    async def test_oversized_body_is_413(self, http, settings, path):
+        """A form larger than max_body_bytes gets 413 Content Too Large (RFC 9110 §15.5.14),
+        as at the token endpoint, not a generic 400, and never a 500."""
+        body = "request=" + "a" * settings.max_body_bytes
+        r = await http.post(
+            path, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
+        assert r.status_code == 413
+        assert r.headers["content-type"].startswith("text/html")
+        assert r.headers["cache-control"] == "no-store"
+
     async def test_inline_style_matches_the_csp_hash(self, http, web):
         """The page's only style is the inline one the CSP allows by hash."""
         r = await http.get(AUTHORIZE, params=request_params())
@@ -741,6 +815,37 @@ class TestPages:
         page = await sign_in(http, request_params(scope="read photos:upload"))
         assert "Read your data" in page.text
         assert "<code>photos:upload</code>" in page.text
+
+
+class TestDemoCallback:
+    """The demo client's landing page (docs/users.md, "Try it") prints a shell command for
+    the person to paste, so nothing from the URL may reach that command."""
+
+    @pytest.mark.parametrize(
+        "code",
+        [
+            pytest.param("$(touch /tmp/pwned)", id="command-substitution"),
+            pytest.param('x" ; touch /tmp/pwned ; echo "', id="quote-break"),
+            pytest.param("`id`", id="backticks"),
+            pytest.param("ks_ac_" + "A" * 49, id="bad-checksum"),
+        ],
+    )
+    async def test_a_code_that_is_not_one_is_not_put_in_the_command(self, http, store, clock, code):
+        """A link to the callback with a crafted code gets no command to paste."""
+        await first_start(store, clock, demo=True, ttl=600, issuer=ISSUER)
+        r = await http.get("/demo/callback", params={"code": code, "state": "demo"})
+        assert r.status_code == 400
+        assert "curl" not in r.text
+        assert "touch" not in r.text
+
+    async def test_a_real_code_gets_the_command(self, http, store, clock):
+        """A well-formed code (ks_ac_..., valid checksum) is shown in the command."""
+        await first_start(store, clock, demo=True, ttl=600, issuer=ISSUER)
+        code = new_authorization_code()
+        r = await http.get("/demo/callback", params={"code": code, "state": "demo"})
+        assert r.status_code == 200
+        assert "curl" in r.text
+        assert f'"code={code}"' in html.unescape(r.text)
 
 
 def _set_cookies(r: httpx.Response) -> dict[str, set[str]]:

@@ -858,6 +858,18 @@ class TestUsers:
         assert await store.get_user("nobody") is None
         assert await store.get_user_by_name("nobody") is None
 
+    @pytest.mark.parametrize("name", ["alice\x00", "\x00", "a\x00lice"])
+    async def test_names_a_browser_may_send_find_nothing(self, store: Store, name: str) -> None:
+        """A username or client_id from a login form or an authorization request may hold
+        any character, NUL included (%00), which PostgreSQL text cannot: such a lookup finds
+        nothing, as on SQLite, instead of failing as "store unavailable" (a 503)."""
+        await store.create_user(user())
+        await store.create_client(client())
+        assert await store.get_user_by_name(name) is None
+        assert await store.get_user(name) is None
+        assert await store.get_client(name) is None
+        assert await store.get_client("app-1" + name) is None
+
     async def test_taken_id_or_username_is_a_conflict(self, store: Store) -> None:
         """A second user with the same id, or with the same username, is refused."""
         await store.create_user(user())
@@ -1120,6 +1132,64 @@ class TestAuthorizationCodes:
         assert result.outcome == "revoked"
         assert result.grant is not None
         assert result.grant.revoked_at == NOW
+
+    async def test_code_needs_the_live_session_it_was_allowed_in(self, store: Store) -> None:
+        """Given the session the user allowed in, the grant and its code are stored only
+        while that session lives and its user is enabled; otherwise nothing is stored. A
+        browser request in flight while the user is disabled, signed out everywhere or signs
+        out cannot leave behind a code, and so a grant, that the cascade never saw."""
+        await store.create_user(user())
+        await store.create_user(user("u-2", "bob"))
+        live, ended, expired, bobs = (
+            session(),
+            session(),
+            session(expires_at=NOW - 10),
+            session("u-2"),
+        )
+        for s in (live, ended, expired, bobs):
+            await store.create_session(s)
+        await store.delete_session(ended.session_hash)
+        g = grant("g-ok")
+        assert await store.create_authorization_code(g, code(g), session_hash=live.session_hash)
+        assert await store.get_grant("g-ok") == g
+
+        async def refused(grant_id: str, s: Session) -> None:
+            g = grant(grant_id)
+            c = code(g)
+            assert not await store.create_authorization_code(g, c, session_hash=s.session_hash)
+            assert await store.get_grant(grant_id) is None
+            assert (await store.redeem_authorization_code(c.code_hash, NOW)).outcome == "unknown"
+
+        await refused("g-ended", ended)
+        await refused("g-expired", expired)
+        await refused("g-other-users-session", bobs)
+        await store.revoke_user_sessions("u-1", NOW)
+        await refused("g-after-revoke-sessions", live)
+        again = session()
+        await store.create_session(again)
+        await store.set_user_enabled("u-1", False, NOW)
+        late = session()  # a sign-in that was checking the password during the disable
+        await store.create_session(late)
+        await refused("g-after-disable", late)
+
+    async def test_code_racing_a_user_cascade_leaves_no_live_grant(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """A code stored while another process revokes the user's sessions is either
+        refused or its grant is revoked by the cascade: none outlives the revocation."""
+        other = await connect()
+        await store.create_user(user())
+        for i in range(5):
+            s = session()
+            await store.create_session(s)
+            g = grant(f"g-{i}")
+            stored, _ = await asyncio.gather(
+                store.create_authorization_code(g, code(g), session_hash=s.session_hash),
+                other.revoke_user_sessions("u-1", NOW),
+            )
+            found = await store.get_grant(g.grant_id)
+            assert (found is not None) == stored
+            assert found is None or found.revoked_at == NOW
 
     async def test_concurrent_redemptions_admit_exactly_one(
         self, store: Store, connect: Connect

@@ -11,6 +11,7 @@ from keystile import admin
 from keystile.clock import Clock
 from keystile.core import pkce
 from keystile.core.metadata import AUTHORIZATION_PATH
+from keystile.core.tokens import token_kind
 from keystile.errors import ConfigurationError
 from keystile.store.base import Store
 
@@ -199,6 +200,10 @@ async def demo_callback_page(store: Store, issuer: str, query: dict[str, str]) -
         )
         return 200, _page("Authorization refused", body)
     code = query.get("code", "")
+    if token_kind(code) != "authorization_code":
+        # The command below is for pasting into a shell: only a code of our own shape
+        # (base64url characters, valid checksum) goes in, never whatever a link carried.
+        return 400, _page("No authorization code", "<p>This link carries no valid code.</p>")
     command = exchange_command(issuer, code=code, redirect_uri=redirect_uri, verifier=verifier)
     body = (
         f"<p>keystile sent you back with a one-time code (state "

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,27 @@ def ui_routes(
     ]
 
 
+class _KeyLocks:
+    """An asyncio.Lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class _Forbidden(Exception):
     """A form without a valid CSRF token: answered 403, nothing changed."""
 
@@ -180,6 +202,7 @@ class _Pages:
         # argon2id takes 64 MiB and ~150 ms of CPU per check: bound how many run at once,
         # so a burst of sign-ins queues instead of exhausting memory.
         self._hashing = asyncio.Semaphore(max(2, os.cpu_count() or 2))
+        self._attempts = _KeyLocks()  # sign-in attempts, one at a time per username
 
     # -- the request cycle ------------------------------------------------------------------
 
@@ -201,9 +224,9 @@ class _Pages:
                     "the page and try again.",
                     status=403,
                 )
-            except InvalidRequest as exc:  # an unreadable body
+            except InvalidRequest as exc:  # an unreadable body (413: too large)
                 return self._message(
-                    request, "Bad request", exc.description or "bad request", status=400
+                    request, "Bad request", exc.description or "bad request", status=exc.status_code
                 )
             except StoreUnavailable as exc:
                 log.error("store unavailable", extra={"path": request.url.path, "error": str(exc)})
@@ -247,7 +270,8 @@ class _Pages:
         session, user = found
         remembered = await self.store.get_consent(user.user_id, areq.client.client_id)
         if remembered is not None and areq.scope <= remembered:
-            return await self._issue_code(areq, session, user, redirect_status)
+            issued = await self._issue_code(areq, session, user, redirect_status)
+            return issued or await self._login_page(request, carried=carried, areq=areq)
         return await self._consent_page(request, areq, carried, session, user)
 
     # -- POST /oauth2/consent -----------------------------------------------------------------
@@ -297,12 +321,14 @@ class _Pages:
                 areq.scope | (before or frozenset()),
                 self.clock.now(),
             )
-        return await self._issue_code(areq, session, user, 303)
+        issued = await self._issue_code(areq, session, user, 303)
+        return issued or await self._login_page(request, carried=encode_params(params), areq=areq)
 
     async def _issue_code(
         self, areq: AuthorizationRequest, session: Session, user: User, status: int
-    ) -> Response:
-        """Store a new grant with its code, then send the code to the client (§4.1.2)."""
+    ) -> Response | None:
+        """Store a new grant with its code, then send the code to the client (§4.1.2).
+        None if the session ended or the user was disabled since it was checked."""
         now = self.clock.now()
         client = areq.client
         grant = Grant(
@@ -317,7 +343,7 @@ class _Pages:
             expires_at=now + client.refresh_token_max_ttl,
         )
         code = new_authorization_code()
-        await self.store.create_authorization_code(
+        stored = await self.store.create_authorization_code(
             grant,
             AuthorizationCode(
                 code_hash=token_hash(code),
@@ -328,7 +354,10 @@ class _Pages:
                 created_at=now,
                 expires_at=now + self.settings.authorization_code_ttl,
             ),
+            session_hash=session.session_hash,
         )
+        if not stored:
+            return None
         log.info(
             "authorization code issued",
             extra={
@@ -365,15 +394,7 @@ class _Pages:
         keys = ("lu:" + username[: MAX_USERNAME + 1], "la:" + source)
         wait = self.throttle.retry_after(*keys)
         if wait:
-            # Refused before any password check, so throttled guesses learn nothing.
-            log.warning("sign-in throttled", extra={"source": source})
-            return self._message(
-                request,
-                "Too many attempts",
-                f"Too many failed sign-in attempts. Try again in {wait} seconds.",
-                status=429,
-                headers={"Retry-After": str(max(1, wait))},
-            )
+            return self._throttled(request, wait, source)
         if not username or not password:
             return await self._login_page(
                 request, carried=carried, areq=areq, username=typed, error=True
@@ -381,20 +402,29 @@ class _Pages:
         user = (
             await self.store.get_user_by_name(username) if len(username) <= MAX_USERNAME else None
         )
-        # An unknown username costs the same argon2 work as a known one (verify_password
-        # with None), so timing does not tell which usernames exist.
-        async with self._hashing:
-            ok = await asyncio.to_thread(
-                verify_password, user.password_hash if user is not None else None, password
-            )
+        # One check at a time per username, and the throttle asked again once it is this
+        # attempt's turn: guesses sent at once all passed the check above before any of
+        # them had failed, and would otherwise all be tried.
+        async with self._attempts.hold(keys[0]), self._hashing:
+            wait = self.throttle.retry_after(*keys)
+            if not wait:
+                # An unknown username costs the same argon2 work as a known one
+                # (verify_password with None), so timing does not tell which exist.
+                ok = await asyncio.to_thread(
+                    verify_password, user.password_hash if user is not None else None, password
+                )
+                if user is None or not ok or not user.enabled:
+                    self.throttle.failed(*keys)
+        if wait:
+            return self._throttled(request, wait, source)
         if user is None or not ok or not user.enabled:
-            self.throttle.failed(*keys)
             # Log a user id only for an existing user: an unknown "username" may be a
-            # password typed into the wrong field, so it is logged as a short digest.
+            # password typed into the wrong field, so it is logged as a short digest keyed
+            # by the server key (a plain hash would let anyone with the logs test guesses).
             who = (
                 {"user_id": user.user_id}
                 if user is not None
-                else {"unknown_user_sha256": token_hash(username).hex()[:16]}
+                else {"unknown_user_hmac": await self._log_digest(username)}
             )
             log.warning("sign-in failed", extra={**who, "source": source})
             return await self._login_page(
@@ -413,6 +443,17 @@ class _Pages:
         response = self._redirect(location, 303)
         self._set_cookie(response, request, SESSION_COOKIE, value, max_age=ttl)
         return response
+
+    def _throttled(self, request: Request, wait: int, source: str) -> Response:
+        # Refused before any password check, so throttled guesses learn nothing.
+        log.warning("sign-in throttled", extra={"source": source})
+        return self._message(
+            request,
+            "Too many attempts",
+            f"Too many failed sign-in attempts. Try again in {wait} seconds.",
+            status=429,
+            headers={"Retry-After": str(max(1, wait))},
+        )
 
     # -- GET|POST /logout ---------------------------------------------------------------------
 
@@ -561,6 +602,10 @@ class _Pages:
         # Compare in constant time: the token is a MAC.
         if not hmac.compare_digest(_mac(key, purpose, cookie, session_hash).encode(), presented):
             raise _Forbidden
+
+    async def _log_digest(self, value: str) -> str:
+        message = b"log\0" + value.encode("utf-8", "surrogateescape")
+        return hmac.new(await self._key(), message, hashlib.sha256).hexdigest()[:16]
 
     async def _key(self) -> bytes:
         if self._csrf_key is None:

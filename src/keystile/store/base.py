@@ -222,8 +222,13 @@ class Store(Protocol):
     ) -> None: ...
 
     # -- authorization code grant and refresh tokens (RFC 6749 §4.1, §6; RFC 9700) ----------
-    async def create_authorization_code(self, grant: Grant, code: AuthorizationCode) -> None:
-        """Store a new grant with its (only) code, in one transaction."""
+    async def create_authorization_code(
+        self, grant: Grant, code: AuthorizationCode, *, session_hash: bytes | None = None
+    ) -> bool:
+        """Store a new grant with its (only) code, in one transaction. With ``session_hash``
+        (the session the user allowed in), only while that session of the grant's user is
+        live and the user enabled; False otherwise, storing nothing. Ordered against the
+        user cascades, so no grant is stored that one of them missed."""
         ...
 
     async def redeem_authorization_code(self, code_hash: bytes, now: int) -> CodeRedemption:

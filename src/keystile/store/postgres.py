@@ -502,6 +502,8 @@ class PostgresStore:
         await self._tx(fn)
 
     async def get_client(self, client_id: str) -> Client | None:
+        if "\x00" in client_id:  # from a request; no stored id has it (PostgreSQL text can't)
+            return None
         # Not cached: another process may have changed it a moment ago. The server's
         # verified-caller cache spares this read on the introspection hot path.
         row = await self._fetchrow(
@@ -1087,10 +1089,14 @@ class PostgresStore:
             raise Conflict(f"user {user.username!r} exists already")
 
     async def get_user(self, user_id: str) -> User | None:
+        if "\x00" in user_id:  # see get_client
+            return None
         row = await self._fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
         return None if row is None else user_from_row(row)
 
     async def get_user_by_name(self, username: str) -> User | None:
+        if "\x00" in username:  # typed into the login form; see get_client
+            return None
         row = await self._fetchrow(
             f"SELECT {USER_COLUMNS} FROM users WHERE username = $1", username
         )
@@ -1204,11 +1210,31 @@ class PostgresStore:
     # -- authorization code grant and refresh tokens (RFC 6749 §4.1, §6; RFC 9700) ---------
     #
     # Lock order, the same in every transaction, so that none can deadlock another:
-    # authorization code -> grant(s), several in grant_id order -> tokens -> event log head.
+    # user (cascades of a user; code issuance, FOR SHARE) -> authorization code -> grant(s),
+    # several in grant_id order -> tokens -> event log head.
     # A transaction writes its events last, after every row it changes is locked.
 
-    async def create_authorization_code(self, grant: Grant, code: AuthorizationCode) -> None:
-        async def fn(c: asyncpg.Connection) -> None:
+    async def create_authorization_code(
+        self, grant: Grant, code: AuthorizationCode, *, session_hash: bytes | None = None
+    ) -> bool:
+        async def fn(c: asyncpg.Connection) -> bool:
+            if session_hash is not None:
+                # The user's row first, FOR SHARE: a cascade of the user (which locks that
+                # row first) either committed before, and the session is seen gone by the
+                # next statement, or waits for us and then revokes the grant stored here.
+                if not await c.fetchval(
+                    "SELECT true FROM users WHERE user_id = $1 AND enabled FOR SHARE",
+                    grant.user_id,
+                ):
+                    return False
+                if not await c.fetchval(
+                    "SELECT true FROM sessions WHERE session_hash = $1 AND user_id = $2"
+                    " AND expires_at > $3",
+                    session_hash,
+                    grant.user_id,
+                    code.created_at,
+                ):
+                    return False
             await c.execute(
                 f"INSERT INTO grants ({GRANT_COLUMNS}) VALUES ({placeholders(GRANT_COLUMNS, '$')})",
                 *grant_params(grant),
@@ -1218,8 +1244,9 @@ class PostgresStore:
                 f" VALUES ({placeholders(CODE_COLUMNS, '$')})",
                 *code_params(code),
             )
+            return True
 
-        await self._tx(fn)
+        return await self._tx(fn)
 
     async def redeem_authorization_code(self, code_hash: bytes, now: int) -> CodeRedemption:
         async def fn(c: asyncpg.Connection) -> CodeRedemption:

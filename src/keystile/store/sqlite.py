@@ -499,6 +499,11 @@ class SQLiteStore:
         This is the whole store cost of an introspection whose caller is cached: the version
         tells the caller cache whether it may still trust what it holds.
         """
+        return self.lookup_token_now(token_hash)
+
+    def lookup_token_now(self, token_hash: bytes | None) -> tuple[int, TokenRecord | None]:
+        """``lookup_token`` without a coroutine: a point read on the loop thread, for the
+        HTTP fast path (server/fastpath.py), which answers without an ASGI task."""
         try:
             if token_hash is None:
                 row = self._r.execute("SELECT version FROM registry_version").fetchone()
@@ -525,6 +530,14 @@ class SQLiteStore:
             row[11],
             row[12],
         )
+
+    def data_version_now(self) -> int:
+        """SQLite's data_version on the read connection: it changes whenever any other
+        connection (another process, or this store's writer) commits. No disk I/O."""
+        try:
+            return int(self._r.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
 
     def _note_registry_version(self, version: int) -> None:
         if version != self._registry_version:
@@ -896,8 +909,22 @@ class SQLiteStore:
 
     # -- authorization code grant and refresh tokens (RFC 6749 §4.1, §6; RFC 9700) ---------
 
-    async def create_authorization_code(self, grant: Grant, code: AuthorizationCode) -> None:
-        def fn(c: sqlite3.Connection) -> None:
+    async def create_authorization_code(
+        self, grant: Grant, code: AuthorizationCode, *, session_hash: bytes | None = None
+    ) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            # In the writer's transaction: a cascade of the user committed before this saw
+            # no such grant, so the session it ended (or the user it disabled) refuses it.
+            if (
+                session_hash is not None
+                and not c.execute(
+                    "SELECT 1 FROM sessions s JOIN users u ON u.user_id = s.user_id"
+                    " WHERE s.session_hash = ? AND s.user_id = ? AND s.expires_at > ?"
+                    " AND u.enabled = 1",
+                    (session_hash, grant.user_id, code.created_at),
+                ).fetchone()
+            ):
+                return False
             c.execute(
                 f"INSERT INTO grants ({GRANT_COLUMNS}) VALUES ({placeholders(GRANT_COLUMNS)})",
                 grant_params(grant),
@@ -907,8 +934,9 @@ class SQLiteStore:
                 f" VALUES ({placeholders(CODE_COLUMNS)})",
                 code_params(code),
             )
+            return True
 
-        await self._write(fn)
+        return await self._write(fn)
 
     async def redeem_authorization_code(self, code_hash: bytes, now: int) -> CodeRedemption:
         def fn(c: sqlite3.Connection) -> CodeRedemption:
