@@ -14,8 +14,9 @@
 #   KEYSTILE_ARGS ("")    extra `keystile serve` args, e.g. "--workers 2"
 #   KEYSTILE_VARIANTS     several keystile servers in the same run, ';'-separated arg sets,
 #                         e.g. "--workers 1;--workers 2" (default: one, with KEYSTILE_ARGS)
-#   CEILINGS (uvicorn)    ceiling servers, space-separated: uvicorn granian (granian must be
-#                         installed in the venv); the first one is the reference for ratios
+#   CEILINGS (uvicorn)    ceiling servers, space-separated: uvicorn granian raw (granian must be
+#                         installed in the venv; raw = keystile's fast-path protocol answering a
+#                         constant, bench/ceiling_raw.py); the first one is the reference for ratios
 #   PEERS ("")            peers from ../shared/peers to include: "authlib oidc"; they must be
 #                         installed there (PEERS_RUN); started if not running, stopped after
 #   PEERS_DIR (../shared/peers)  PEERS_RUN (/tmp/keystile-peers)
@@ -174,9 +175,13 @@ for srv in "${CEILING_LIST[@]}"; do
       start_own "$name" "$port" "$HERE" "$VENV/bin/granian" --interface asgi --host 127.0.0.1 \
         --port "$port" --workers 1 --no-access-log --log-level warning ceiling_app:app
       desc="granian $("$VENV/bin/granian" --version 2>/dev/null | awk '{print $NF}'), 1 worker" ;;
-    *) echo "unknown ceiling server '$srv' (uvicorn|granian)" >&2; exit 2 ;;
+    raw)
+      start_own "$name" "$port" "$HERE" "$PY" "$HERE/ceiling_raw.py" "$port"
+      desc="keystile fast-path protocol (uvicorn $("$PY" -c 'import uvicorn; print(uvicorn.__version__)') httptools uvloop, no ASGI), 1 worker" ;;
+    *) echo "unknown ceiling server '$srv' (uvicorn|granian|raw)" >&2; exit 2 ;;
   esac
-  add_target "$name" ceiling "http://127.0.0.1:$port/" "" "" "" "$LAST_PGID" "$desc" "-"
+  path=/; [ "$srv" = raw ] && path=/oauth2/introspect  # the path the shortcut serves
+  add_target "$name" ceiling "http://127.0.0.1:$port$path" "" "" "" "$LAST_PGID" "$desc" "-"
   echo "   $name: $desc on 127.0.0.1:$port"
   first=0
 done

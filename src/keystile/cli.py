@@ -157,6 +157,13 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error")] = None,
     log_format: Annotated[str | None, typer.Option(help="json|text")] = None,
+    fast_path: Annotated[
+        bool | None,
+        typer.Option(
+            "--fast-path/--no-fast-path",
+            help="Answer common introspection requests without ASGI (default: on).",
+        ),
+    ] = None,
 ) -> None:
     """Run the authorization server (SQLite file by default, created on first start)."""
     settings = _settings(
@@ -172,6 +179,7 @@ def serve(
         demo=demo,
         log_level=log_level,
         log_format=log_format,
+        fast_path=fast_path,
     )
     try:
         settings.check_bind()
@@ -217,8 +225,12 @@ def _bind(settings: ServerSettings) -> socket.socket:
 def _serve(settings: ServerSettings, sock: socket.socket) -> None:
     import uvicorn
 
+    from keystile.server.fastpath import FastPathProtocol
+
     common: dict[str, Any] = {
-        "http": "httptools",
+        # uvicorn's httptools protocol; with the fast path, one that answers common
+        # introspection requests without an ASGI task (server/fastpath.py).
+        "http": FastPathProtocol if settings.fast_path else "httptools",
         "loop": "uvloop",
         "lifespan": "on",
         "access_log": False,  # our own structured log covers requests, without secrets

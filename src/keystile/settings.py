@@ -106,6 +106,10 @@ class ServerSettings(BaseSettings):
         False,
         description="Also log successful requests (refusals, issuance and revocation always are).",
     )
+    fast_path: bool = Field(
+        True,
+        description="Answer common introspection requests without ASGI (server/fastpath.py).",
+    )
     # -- JWT access tokens and signing keys (docs/tokens.md) -----------------------------------
     key_encryption_key: str | None = Field(
         None,

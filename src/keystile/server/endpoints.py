@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
+
+import orjson
 
 from keystile.clock import Clock
 from keystile.core.client_assertion import (
@@ -86,6 +89,7 @@ _REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW
 _RETRY_AFTER = b"1"
 _REPEATABLE = frozenset({"resource"})  # RFC 8707 §2: resource may be given several times
 _NO_BODY = object()
+_ANSWER_LIMIT = 8192  # introspection answers remembered by the fast path (then emptied)
 
 
 _RID_PREFIX = secrets.token_hex(4)  # per process, so ids stay unique across workers
@@ -202,6 +206,14 @@ class OAuthEndpoints:
         self.callers = CallerCache()
         self.on_event: Callable[[], None] = _nothing  # set by the app: wakes the event bus
         self.signing = SigningKeys(settings, store, clock)  # RFC 9068, RFC 9701
+        # A store with synchronous point reads (SQLite) lets introspect_now answer without
+        # a coroutine; others (PostgreSQL) always take the full path.
+        lookup_now: Callable[[bytes | None], tuple[int, TokenRecord | None]] | None
+        lookup_now = getattr(store, "lookup_token_now", None)
+        self._lookup_now = lookup_now
+        self._data_version_now: Callable[[], int] | None = getattr(store, "data_version_now", None)
+        self._answers: dict[bytes, tuple[int, float, bool, bytes]] = {}
+        self._answers_version = -1
         self._client_jwks: dict[str, Any] = {}  # private_key_jwt: parsed JWK Sets by text
 
     # -- the shared request cycle ---------------------------------------------------------
@@ -450,6 +462,108 @@ class OAuthEndpoints:
         if rs.introspection_response != "json":
             return await self._signed_answer(call, rs, caller, body, version)  # RFC 9701
         return 200, body
+
+    def introspect_now(self, scope: Scope, body: bytes) -> tuple[bytes, bytes] | None:
+        """The introspection hot path without ASGI (server/fastpath.py): the JSON answer and
+        the request id, or None whenever anything is not the common case, and the request
+        then takes the full path above, which answers it (errors included) the same way.
+
+        The common case: an opaque token (or garbage), on a store with synchronous point
+        reads, from a caller whose exact credentials were verified at the registry version
+        read together with the token, no failed authentication on record, plain JSON answers.
+        Nothing is counted or changed before every condition holds.
+
+        Answers are remembered by a digest of the request's credentials and body, for as
+        long as the database is unchanged (SQLite's data_version: any commit by any process,
+        a revocation or a client change included, empties the memory before the next
+        request is answered) and the answer cannot change with time (until ``exp``).
+        """
+        started = time.perf_counter()
+        version_now = self._data_version_now
+        if version_now is None or self.throttle.active or scope["method"] != "POST":
+            return None
+        try:
+            ctype, length, authorization, given_rid = _read_headers(scope)
+        except OAuthError:
+            return None
+        if len(body) > self.max_body or (length is not None and length != str(len(body))):
+            return None
+        try:
+            data_version = version_now()
+        except StoreUnavailable:
+            return None
+        answers = self._answers
+        if data_version != self._answers_version:
+            answers.clear()
+            self._answers_version = data_version
+        request_key = hashlib.sha256(
+            f"{authorization}\0{ctype}\0".encode("utf-8", "surrogateescape") + body
+        ).digest()
+        now = self.clock.now()
+        known = answers.get(request_key)
+        if known is not None and known[0] <= now < known[1]:
+            active, payload = known[2], known[3]
+        else:
+            computed = self._introspect_now(ctype, authorization, body, now)
+            if computed is None:
+                return None
+            active, payload, until = computed
+            if len(answers) >= _ANSWER_LIMIT:
+                answers.clear()
+            answers[request_key] = (now, until, active, payload)
+        metrics = self.metrics
+        (metrics.active if active else metrics.inactive).inc()
+        rid = _request_id(given_rid)
+        if self.log_success:
+            reset = request_id.set(rid)
+            log.info("request", extra={"endpoint": "introspect", "status": 200, "fast": True})
+            request_id.reset(reset)
+        metrics.ok["introspect"].inc()
+        metrics.fast_answers.inc()
+        metrics.timer["introspect"].observe(time.perf_counter() - started)
+        return payload, rid.encode()
+
+    def _introspect_now(
+        self, ctype: str | None, authorization: str | None, body: bytes, now: int
+    ) -> tuple[bool, bytes, float] | None:
+        """introspect_now's answer from the store: (active, JSON, until when it holds)."""
+        lookup = self._lookup_now
+        if lookup is None:
+            return None
+        try:
+            form = parse_form(body, ctype, repeatable=_REPEATABLE)
+        except OAuthError:
+            return None
+        token = form.get("token")
+        key = credential_key(authorization, form)
+        if token is None or key is None:
+            return None
+        digest = None
+        if token_kind(token) in ("access_token", "refresh_token"):
+            digest = token_hash(token)
+        elif looks_like_jwt(token):
+            return None  # signature checks and their caches live on the full path
+        try:
+            version, record = lookup(digest)
+        except StoreUnavailable:
+            return None
+        cached = self.callers.get(key, version)
+        if cached is None:
+            return None
+        rs = cached[1]
+        if rs is None or rs.introspection_response != "json":
+            return None
+        answer = introspection_response(record, caller=rs, now=now, issuer=self.issuer)
+        active = bool(answer["active"])
+        # Until when the same request gets the same answer, the database unchanged: an
+        # active token until it expires; a token not valid yet until it is; else for good.
+        until: float = math.inf
+        if record is not None:
+            if active:
+                until = record.exp
+            elif now < record.nbf:
+                until = record.nbf
+        return active, orjson.dumps(answer), until
 
     async def revoke(self, call: Call) -> Result:
         """Revocation endpoint (RFC 7009 §2). Public clients name themselves (§2.1)."""

@@ -58,6 +58,12 @@ class ServerMetrics:
             "Tokens revoked through the revocation endpoint.",
             registry=self.registry,
         )
+        self.fast_answers = Counter(
+            "keystile_introspection_fast_answers",
+            "Introspection requests answered by the fast path, without ASGI (a share of"
+            " keystile_requests_total{endpoint=introspect,outcome=ok}).",
+            registry=self.registry,
+        )
         self.replays = Counter(
             "keystile_replays_detected",
             "Authorization codes or refresh tokens presented again; each revoked its grant.",
