@@ -223,6 +223,19 @@ class TestAuthorizationCodeFlow:
         assert r.status_code == 200
         assert 'action="/oauth2/consent"' in r.text
 
+    async def test_remembered_consent_is_for_the_clients_audience(self, http, web, user, store):
+        """Consent remembered for the client's default audience does not stretch to another
+        resource server named with resource (RFC 8707 §2): that request asks again."""
+        page = await sign_in(http, request_params(scope="read"))
+        assert (await decide(http, page, "allow", remember="yes")).status_code == 303
+
+        r = await http.get(AUTHORIZE, params=request_params(scope="read", resource=API))
+        assert r.status_code == 302  # the default audience, named: still remembered
+        r = await http.get(AUTHORIZE, params=request_params(scope="read", resource=OTHER_API))
+        assert r.status_code == 200
+        assert 'action="/oauth2/consent"' in r.text
+        assert OTHER_API in r.text  # the page says where the access would be used
+
     async def test_not_remembered_without_the_checkbox(self, http, web, user, store):
         """Allow without "Remember this decision" stores no consent: the next request asks."""
         await decide(http, await sign_in(http), "allow")

@@ -269,7 +269,14 @@ class _Pages:
             return await self._login_page(request, carried=carried, areq=areq)
         session, user = found
         remembered = await self.store.get_consent(user.user_id, areq.client.client_id)
-        if remembered is not None and areq.scope <= remembered:
+        # Remembered consent covers the scopes it named, for the client's own audience: a
+        # request naming another resource server (RFC 8707) asks again, since the consent
+        # page showed where the access would be used.
+        if (
+            remembered is not None
+            and areq.scope <= remembered
+            and set(areq.aud) <= set(areq.client.default_audience)
+        ):
             issued = await self._issue_code(areq, session, user, redirect_status)
             return issued or await self._login_page(request, carried=carried, areq=areq)
         return await self._consent_page(request, areq, carried, session, user)
