@@ -29,6 +29,10 @@
 #                         used more than this % of one core is recorded with used=0 and run
 #                         again, at most RETRIES (2) times; the last try is used regardless
 #                         (-1 = no limit)
+#   DISTINCT_TOKENS (0)   > 0 adds a "distinct" case for keystile targets: this many live tokens,
+#                         issued up front, introspected in turn (bench/introspect_many.lua); with
+#                         more tokens than the fast path remembers (8,192) every answer is a
+#                         fresh lookup
 #   KEEP_WORK (0)         1 = keep the temporary directory (DB, logs, wrk outputs)
 #   STRICT (0)            1 = exit 3 when the goals (ratio >= 0.70, p99 <= 5 ms, valid, c=32)
 #                         are not met
@@ -49,6 +53,7 @@ KEYSTILE_ARGS="${KEYSTILE_ARGS:-}"; KEYSTILE_VARIANTS="${KEYSTILE_VARIANTS:-$KEY
 CEILINGS="${CEILINGS:-uvicorn}"; PEERS="${PEERS:-}"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/peers}"; PEERS_RUN="${PEERS_RUN:-/tmp/keystile-peers}"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results}"; KEEP_WORK="${KEEP_WORK:-0}"
+DISTINCT_TOKENS="${DISTINCT_TOKENS:-0}"
 MACHINE_QUIET_MAX="${MACHINE_QUIET_MAX:-15}"; MAX_OTHER="${MAX_OTHER:-25}"; RETRIES="${RETRIES:-2}"
 RESOURCE=https://api.bench.test
 
@@ -293,16 +298,36 @@ refresh_and_check() {
   return 0
 }
 
-cases_of() { if [ "${T_KIND[$1]}" = ceiling ]; then echo post; else echo valid unknown; fi; }
+cases_of() {
+  if [ "${T_KIND[$1]}" = ceiling ]; then echo post
+  elif [ "${T_KIND[$1]}" = keystile ] && [ "$DISTINCT_TOKENS" -gt 0 ]; then echo valid unknown distinct
+  else echo valid unknown; fi
+}
+
+issue_distinct() { # INDEX: DISTINCT_TOKENS live tokens, one per line, in $WORK/tokens-INDEX.txt
+  local i=$1
+  "$PY" - "${T_TOKEN_URL[$i]}" "${T_APP_AUTH[$i]}" "$DISTINCT_TOKENS" >"$WORK/tokens-$i.txt" <<'EOF'
+import sys, httpx
+url, auth, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with httpx.Client(headers={"Authorization": auth}, trust_env=False, timeout=30) as http:
+    for _ in range(n):
+        r = http.post(url, data={"grant_type": "client_credentials", "scope": "read write"})
+        r.raise_for_status()
+        print(r.json()["access_token"])
+EOF
+}
 
 run_wrk() { # INDEX CASE CONNS DURATION OUTFILE
   local i=$1 case_=$2 c=$3 d=$4 out=$5 tok t
   case "$case_" in valid) tok="${T_TOKEN[$i]}" ;; *) tok="$UNKNOWN_TOKEN" ;; esac
   t=$((c < THREADS ? c : THREADS))
-  local cmd=(wrk -t"$t" -c"$c" -d"$d" --timeout "$TIMEOUT" --latency -s "$HERE/introspect.lua"
+  local script="$HERE/introspect.lua"
+  [ "$case_" = distinct ] && script="$HERE/introspect_many.lua"
+  local cmd=(wrk -t"$t" -c"$c" -d"$d" --timeout "$TIMEOUT" --latency -s "$script"
     "${T_URL[$i]}")
   if [ -n "$TIME_BIN" ]; then cmd=("$TIME_BIN" -f '%U %S' -o "$WORK/wrk-time.txt" "${cmd[@]}"); fi
-  BENCH_TOKEN="$tok" BENCH_AUTH="${T_RS_AUTH[$i]}" fg "${cmd[@]}" >"$out" 2>&1 || true
+  BENCH_TOKEN="$tok" BENCH_TOKENS_FILE="$WORK/tokens-$i.txt" BENCH_AUTH="${T_RS_AUTH[$i]}" \
+    fg "${cmd[@]}" >"$out" 2>&1 || true
   WRK_THREADS=$t
 }
 
@@ -310,11 +335,17 @@ run_wrk() { # INDEX CASE CONNS DURATION OUTFILE
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
   echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0])'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
   echo "stack: $("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("uvicorn", "httptools", "uvloop", "starlette")))')"
-  echo "settings: ROUNDS=$ROUNDS DURATION=$DURATION CONNS=\"$CONNS\" THREADS=$THREADS WARMUP=$WARMUP TIMEOUT=$TIMEOUT MAX_OTHER=$MAX_OTHER RETRIES=$RETRIES MACHINE_QUIET_MAX=$MACHINE_QUIET_MAX"
+  echo "settings: ROUNDS=$ROUNDS DURATION=$DURATION CONNS=\"$CONNS\" DISTINCT_TOKENS=$DISTINCT_TOKENS THREADS=$THREADS WARMUP=$WARMUP TIMEOUT=$TIMEOUT MAX_OTHER=$MAX_OTHER RETRIES=$RETRIES MACHINE_QUIET_MAX=$MACHINE_QUIET_MAX"
 } | tee "$WORK/header.txt"
 
 echo "== checks"
 for i in "${!T_NAME[@]}"; do refresh_and_check "$i" 1; done
+if [ "$DISTINCT_TOKENS" -gt 0 ]; then
+  echo "== issuing $DISTINCT_TOKENS tokens per keystile target for the \"distinct\" case"
+  for i in "${!T_NAME[@]}"; do
+    if [ "${T_KIND[$i]}" = keystile ]; then issue_distinct "$i"; fi
+  done
+fi
 
 if [ "$WARMUP" != 0 ]; then
   echo "== warm-up ($WARMUP per target and case at 32 connections, discarded)"
