@@ -305,16 +305,8 @@ cases_of() {
 }
 
 issue_distinct() { # INDEX: DISTINCT_TOKENS live tokens, one per line, in $WORK/tokens-INDEX.txt
-  local i=$1
-  "$PY" - "${T_TOKEN_URL[$i]}" "${T_APP_AUTH[$i]}" "$DISTINCT_TOKENS" >"$WORK/tokens-$i.txt" <<'EOF'
-import sys, httpx
-url, auth, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with httpx.Client(headers={"Authorization": auth}, trust_env=False, timeout=30) as http:
-    for _ in range(n):
-        r = http.post(url, data={"grant_type": "client_credentials", "scope": "read write"})
-        r.raise_for_status()
-        print(r.json()["access_token"])
-EOF
+  "${HELPER[@]}" issue "${T_TOKEN_URL[$1]}" "${T_APP_AUTH[$1]}" "$DISTINCT_TOKENS" \
+    >"$WORK/tokens-$1.txt"
 }
 
 run_wrk() { # INDEX CASE CONNS DURATION OUTFILE

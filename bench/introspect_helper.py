@@ -343,6 +343,19 @@ def _check(
     )
 
 
+def cmd_issue(args: argparse.Namespace) -> None:
+    """Print N live access tokens, one per line, from the client_credentials grant."""
+    import httpx
+
+    headers = {"Authorization": args.auth}
+    form = {"grant_type": "client_credentials", "scope": "read write"}
+    with httpx.Client(headers=headers, trust_env=False, timeout=30) as http:
+        for _ in range(args.n):
+            r = http.post(args.url, data=form)
+            r.raise_for_status()
+            print(r.json()["access_token"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -353,6 +366,11 @@ def main() -> None:
     s.add_argument("client_id")
     s.add_argument("secret")
     s.set_defaults(func=cmd_basic)
+    s = sub.add_parser("issue")
+    s.add_argument("url")
+    s.add_argument("auth", help="the whole Authorization header value")
+    s.add_argument("n", type=int)
+    s.set_defaults(func=cmd_issue)
     s = sub.add_parser("free-ports")
     s.add_argument("n", type=int)
     s.set_defaults(func=cmd_free_ports)

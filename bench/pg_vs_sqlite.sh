@@ -164,16 +164,8 @@ refresh_and_check() { # TARGET [VERBOSE]: new token, then both cases checked wit
 }
 
 issue_many() { # TARGET: MANY_TOKENS live tokens, one per line, in $WORK/TARGET-tokens.txt
-  local t=$1
-  "$PY" - "${TOKEN_URL[$t]}" "${APP_AUTH[$t]}" "$MANY_TOKENS" >"$WORK/$t-tokens.txt" <<'EOF'
-import sys, httpx
-url, auth, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with httpx.Client(headers={"Authorization": auth}, trust_env=False, timeout=30) as http:
-    for _ in range(n):
-        r = http.post(url, data={"grant_type": "client_credentials", "scope": "read write"})
-        r.raise_for_status()
-        print(r.json()["access_token"])
-EOF
+  "$PY" "$HERE/introspect_helper.py" issue "${TOKEN_URL[$1]}" "${APP_AUTH[$1]}" "$MANY_TOKENS" \
+    >"$WORK/$1-tokens.txt"
 }
 
 run_wrk() { # TARGET CASE CONNS DURATION OUTFILE

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_plus, urlencode
 
-from keystile.core.issuance import check_resource_uri
+from keystile.core.issuance import requested_audience
 from keystile.core.models import Client
 from keystile.core.pkce import S256, valid_challenge
 from keystile.core.scope import parse_scope
@@ -198,7 +198,9 @@ def validate_authorization_request(
         scope = requested
 
     try:
-        aud = _audience(client, [r for r in params.get("resource", ()) if r], known_resources)
+        aud = requested_audience(
+            client, [r for r in params.get("resource", ()) if r], known_resources
+        )
     except InvalidTarget as exc:
         raise fail(exc.error, exc.description or exc.error) from None
 
@@ -216,23 +218,6 @@ def _one(params: Params, name: str) -> str | None:
     values = params.get(name, ())
     # RFC 6749 §3.1: a parameter sent without a value is treated as omitted.
     return values[0] if values and values[0] else None
-
-
-def _audience(
-    client: Client, resources: list[str], known_resources: frozenset[str]
-) -> tuple[str, ...]:
-    """RFC 8707 §2, as for client_credentials: registered resource servers only; none
-    given means the client's default audience."""
-    if not resources:
-        return client.default_audience
-    aud: list[str] = []
-    for resource in resources:
-        check_resource_uri(resource)
-        if resource not in known_resources:
-            raise InvalidTarget("resource is not a registered resource server")
-        if resource not in aud:
-            aud.append(resource)
-    return tuple(aud)
 
 
 def redirect_location(redirect_uri: str, params: Iterable[tuple[str, str]]) -> str:

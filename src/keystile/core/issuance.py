@@ -58,16 +58,23 @@ def client_credentials_grant(
             # Not echoing the extra values: request input may hold anything, even a secret
             # pasted into the wrong field, and error descriptions are logged.
             raise InvalidScope("requested scope exceeds what this client may have")
-    if resources:
-        aud: list[str] = []
-        for resource in resources:
-            check_resource_uri(resource)
-            if resource not in known_resources:
-                # RFC 8707 §2: an unknown or unacceptable resource is invalid_target.
-                raise InvalidTarget("resource is not a registered resource server")
-            if resource not in aud:
-                aud.append(resource)
-        audience = tuple(aud)
-    else:
-        audience = client.default_audience
+    audience = requested_audience(client, resources, known_resources)
     return TokenGrant(client.client_id, scope, audience, client.access_token_ttl)
+
+
+def requested_audience(
+    client: Client, resources: list[str], known_resources: frozenset[str]
+) -> tuple[str, ...]:
+    """RFC 8707 §2: the audience ``resource`` names (registered resource servers only, in
+    order, without repeats); none given means the client's default audience."""
+    if not resources:
+        return client.default_audience
+    aud: list[str] = []
+    for resource in resources:
+        check_resource_uri(resource)
+        if resource not in known_resources:
+            # RFC 8707 §2: an unknown or unacceptable resource is invalid_target.
+            raise InvalidTarget("resource is not a registered resource server")
+        if resource not in aud:
+            aud.append(resource)
+    return tuple(aud)
