@@ -17,6 +17,7 @@ import pytest
 
 from keystile import admin
 from keystile.core.models import User
+from keystile.core.passwords import needs_rehash, verify_password
 from keystile.core.pkce import s256
 from keystile.core.tokens import new_authorization_code, token_hash
 from keystile.server.app import KeystileApp, create_app
@@ -533,6 +534,24 @@ class TestSignIn:
         assert session_cookie(http) is None
         # The request is still carried, so the next try resumes it.
         assert hidden(r.text)["request"]
+
+    async def test_weak_hash_is_upgraded_at_sign_in(self, http, web, store, clock):
+        """A password hashed with weaker argon2 parameters than today's is rehashed when
+        its owner signs in, the one moment the password is at hand (RFC 9106 §4)."""
+        from argon2 import PasswordHasher
+
+        weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+        created = await admin.create_user(store, clock, username="bob", password=PASSWORD)
+        await store.update_user(replace(created, password_hash=weak))
+        assert needs_rehash((await store.get_user_by_name("bob")).password_hash)
+
+        r = await self._post(http, "bob", PASSWORD)
+
+        assert r.status_code == 303
+        stored = (await store.get_user_by_name("bob")).password_hash
+        assert stored != weak
+        assert not needs_rehash(stored)
+        assert verify_password(stored, PASSWORD)
 
     async def test_unknown_user_gets_the_same_answer(self, http, web, user):
         """An unknown username is answered exactly like a wrong password."""

@@ -10,6 +10,8 @@ thread (``asyncio.to_thread``) and never on the event loop.
 
 from __future__ import annotations
 
+import unicodedata
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -35,8 +37,15 @@ def check_policy(password: str) -> None:
         raise PasswordPolicyError(f"a password may have at most {MAX_LENGTH} characters")
 
 
+def normalize(password: str) -> str:
+    """RFC 8265 §4.2 (OpaqueString): Unicode NFC, so "é" typed as one code point or as
+    "e" plus a combining accent is the same password on every keyboard and platform."""
+    return unicodedata.normalize("NFC", password)
+
+
 def hash_password(password: str) -> str:
     """The argon2id PHC string for ``password`` (salted; checked against the policy)."""
+    password = normalize(password)
     check_policy(password)
     return _HASHER.hash(password)
 
@@ -47,7 +56,8 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     if len(password) > MAX_LENGTH:
         return False
     try:
-        return _HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        matched = _HASHER.verify(password_hash or _DUMMY_HASH, normalize(password))
+        return matched and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,7 +55,12 @@ from keystile.core.authorization import (
 from keystile.core.forms import Form, parse_form
 from keystile.core.metadata import AUTHORIZATION_PATH
 from keystile.core.models import AuthorizationCode, Grant, Session, User
-from keystile.core.passwords import verify_password
+from keystile.core.passwords import (
+    PasswordPolicyError,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
 from keystile.core.scope import format_scope
 from keystile.core.tokens import new_authorization_code, token_hash
 from keystile.errors import InvalidRequest, StoreUnavailable
@@ -438,6 +443,18 @@ class _Pages:
                 request, carried=carried, areq=areq, username=typed, error=True
             )
 
+        if needs_rehash(user.password_hash):
+            # Made with weaker argon2 parameters than today's: upgrade it now, while the
+            # password is at hand (the only moment it is).
+            try:
+                upgraded = await asyncio.to_thread(hash_password, password)
+            except PasswordPolicyError:
+                pass  # set before today's policy: upgraded at the next `user passwd`
+            else:
+                await self.store.update_user(
+                    replace(user, password_hash=upgraded, updated_at=self.clock.now())
+                )
+                log.info("password hash upgraded", extra={"user_id": user.user_id})
         old = self._cookie(request, SESSION_COOKIE)
         if old is not None:
             await self.store.delete_session(token_hash(old))  # a new session on every sign-in
