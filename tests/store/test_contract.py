@@ -1020,15 +1020,41 @@ class TestSessions:
         assert await store.get_session(s.session_hash, NOW + 9) is not None
         assert await store.get_session(s.session_hash, NOW + 10) is None
 
-    async def test_session_of_a_disabled_user_is_not_found(self, store: Store) -> None:
-        """Only an enabled user's session counts, even one created after the disable."""
+    async def test_no_session_for_a_disabled_or_unknown_user(self, store: Store) -> None:
+        """A sign-in that finishes after the user was disabled stores nothing, so
+        re-enabling the user brings no session back."""
         await store.create_user(user())
         await store.set_user_enabled("u-1", False, NOW)
         s = session()
-        await store.create_session(s)
+        assert await store.create_session(s) is False
         assert await store.get_session(s.session_hash, NOW) is None
         await store.set_user_enabled("u-1", True, NOW + 1)
-        assert await store.get_session(s.session_hash, NOW) is not None
+        assert await store.get_session(s.session_hash, NOW) is None
+        assert await store.create_session(session(user_id="nobody")) is False
+
+    async def test_session_of_a_disabled_user_is_not_found(self, store: Store) -> None:
+        """Only an enabled user's session counts."""
+        await store.create_user(user())
+        s = session()
+        assert await store.create_session(s) is True
+        await store.set_user_enabled("u-1", False, NOW)
+        assert await store.get_session(s.session_hash, NOW) is None
+
+    async def test_disable_racing_sign_ins_leaves_no_session(
+        self, store: Store, connect: Connect
+    ) -> None:
+        """Sign-ins and a disable at once, from separate processes: whatever the order,
+        no session of the disabled user remains."""
+        await store.create_user(user())
+        others = [await connect() for _ in range(3)]
+        made = [session() for _ in range(12)]
+        await asyncio.gather(
+            store.set_user_enabled("u-1", False, NOW),
+            *(others[i % 3].create_session(s) for i, s in enumerate(made)),
+        )
+        await store.set_user_enabled("u-1", True, NOW + 1)
+        for s in made:
+            assert await store.get_session(s.session_hash, NOW) is None
 
     async def test_deleted_session_is_gone(self, store: Store) -> None:
         """Logout deletes one session; the user's others stay; deleting twice is harmless."""

@@ -461,7 +461,14 @@ class _Pages:
         value = secrets.token_urlsafe(32)  # 256 bits; the store keeps only its SHA-256
         now = self.clock.now()
         ttl = self.settings.session_ttl
-        await self.store.create_session(Session(token_hash(value), user.user_id, now, now + ttl))
+        if not await self.store.create_session(
+            Session(token_hash(value), user.user_id, now, now + ttl)
+        ):
+            # Disabled or deleted while the password was being checked.
+            log.warning("sign-in failed", extra={"user_id": user.user_id, "source": source})
+            return await self._login_page(
+                request, carried=carried, areq=areq, username=typed, error=True
+            )
         log.info("user signed in", extra={"user_id": user.user_id, "source": source})
         location = f"{AUTHORIZATION_PATH}?{carried}" if carried else LOGIN_PATH
         response = self._redirect(location, 303)

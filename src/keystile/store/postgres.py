@@ -1162,15 +1162,19 @@ class PostgresStore:
 
         return await self._tx(fn)
 
-    async def create_session(self, session: Session) -> None:
-        await self._write1(
-            "INSERT INTO sessions (session_hash, user_id, created_at, expires_at)"
-            " VALUES ($1, $2, $3, $4)",
+    async def create_session(self, session: Session) -> bool:
+        # FOR SHARE on the user row: a disable committing meanwhile either waits for this
+        # insert (and its cascade then deletes the session) or wins (and nothing is stored).
+        n = await self._write1(
+            "WITH u AS (SELECT user_id FROM users WHERE user_id = $2 AND enabled FOR SHARE)"
+            " INSERT INTO sessions (session_hash, user_id, created_at, expires_at)"
+            " SELECT $1, u.user_id, $3, $4 FROM u",
             session.session_hash,
             session.user_id,
             session.created_at,
             session.expires_at,
         )
+        return n == 1
 
     async def get_session(self, session_hash: bytes, now: int) -> tuple[Session, User] | None:
         row = await self._fetchrow(

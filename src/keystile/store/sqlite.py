@@ -859,15 +859,18 @@ class SQLiteStore:
 
         return await self._write(fn)
 
-    async def create_session(self, session: Session) -> None:
-        def fn(c: sqlite3.Connection) -> None:
-            c.execute(
-                "INSERT INTO sessions (session_hash, user_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?)",
-                (session.session_hash, session.user_id, session.created_at, session.expires_at),
+    async def create_session(self, session: Session) -> bool:
+        def fn(c: sqlite3.Connection) -> bool:
+            return (
+                c.execute(
+                    "INSERT INTO sessions (session_hash, user_id, created_at, expires_at)"
+                    " SELECT ?, user_id, ?, ? FROM users WHERE user_id = ? AND enabled = 1",
+                    (session.session_hash, session.created_at, session.expires_at, session.user_id),
+                ).rowcount
+                == 1
             )
 
-        await self._write(fn)
+        return await self._write(fn)
 
     async def get_session(self, session_hash: bytes, now: int) -> tuple[Session, User] | None:
         cols = ", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))
