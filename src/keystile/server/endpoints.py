@@ -406,14 +406,7 @@ class OAuthEndpoints:
                 "aud": list(grant.aud),
             },
         )
-        body: dict[str, Any] = {
-            "access_token": value,
-            "token_type": "Bearer",
-            "expires_in": grant.ttl,
-        }
-        if grant.scope:
-            body["scope"] = format_scope(grant.scope)
-        return 200, body
+        return 200, token_response(value, grant.ttl, grant.scope)
 
     async def introspect(self, call: Call) -> Result:
         """Introspection endpoint (RFC 7662 §2).
@@ -734,16 +727,7 @@ class OAuthEndpoints:
                 "aud": list(shape.aud),
             },
         )
-        body: dict[str, Any] = {
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": client.access_token_ttl,
-        }
-        if shape.scope:
-            body["scope"] = format_scope(shape.scope)
-        if refresh is not None:
-            body["refresh_token"] = refresh
-        return 200, body
+        return 200, token_response(access, client.access_token_ttl, shape.scope, refresh)
 
     # -- JWT access tokens, signed introspection answers, private_key_jwt (issue 4) ----------
 
@@ -774,14 +758,7 @@ class OAuthEndpoints:
                 "kid": signer.kid,
             },
         )
-        body: dict[str, Any] = {
-            "access_token": value,
-            "token_type": "Bearer",
-            "expires_in": grant.ttl,
-        }
-        if grant.scope:
-            body["scope"] = format_scope(grant.scope)
-        return 200, body
+        return 200, token_response(value, grant.ttl, grant.scope)
 
     async def _signed_answer(
         self,
@@ -885,6 +862,18 @@ async def _send_signed(
     headers = [*_SIGNED_HEADERS, (b"content-length", str(len(answer.jwt)).encode()), rid_header]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.jwt})
+
+
+def token_response(
+    access_token: str, ttl: int, scope: frozenset[str], refresh_token: str | None = None
+) -> dict[str, Any]:
+    """RFC 6749 §5.1: the successful token response (scope only when there is one)."""
+    body: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": ttl}
+    if scope:
+        body["scope"] = format_scope(scope)
+    if refresh_token is not None:
+        body["refresh_token"] = refresh_token
+    return body
 
 
 def _access_token_record(client: Client, grant: TokenGrant, now: int, digest: bytes) -> TokenRecord:
