@@ -9,6 +9,7 @@ import hashlib
 import html
 import logging
 import re
+import sqlite3
 from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
@@ -236,6 +237,29 @@ class TestAuthorizationCodeFlow:
         assert r.status_code == 200
         assert 'action="/oauth2/consent"' in r.text
         assert OTHER_API in r.text  # the page says where the access would be used
+
+    async def test_head_issues_no_code(self, http, web, user, store):
+        """HEAD is refused (405): with consent remembered it would issue a code that no one
+        receives."""
+
+        def codes() -> int:
+            with sqlite3.connect(store.path) as conn:
+                count = conn.execute("SELECT count(*) FROM authorization_codes").fetchone()[0]
+            conn.close()
+            return int(count)
+
+        page = await sign_in(http, request_params(scope="read"))
+        assert (await decide(http, page, "allow", remember="yes")).status_code == 303
+        assert codes() == 1
+
+        r = await http.head(AUTHORIZE, params=request_params(scope="read"))
+
+        assert r.status_code == 405
+        assert r.headers["allow"] == "GET, POST"
+        assert "location" not in r.headers
+        assert codes() == 1
+        assert (await http.get(AUTHORIZE, params=request_params(scope="read"))).status_code == 302
+        assert codes() == 2  # positive control: GET does issue one
 
     async def test_not_remembered_without_the_checkbox(self, http, web, user, store):
         """Allow without "Remember this decision" stores no consent: the next request asks."""

@@ -256,6 +256,16 @@ class _Pages:
 
     async def authorize(self, request: Request) -> Response:
         """The authorization endpoint (RFC 6749 §3.1, §4.1.1): GET, or POST with a form body."""
+        if request.method == "HEAD":
+            # Starlette answers HEAD for every GET route; here it would issue a code nobody
+            # receives (a remembered consent redirects at once).
+            return self._message(
+                request,
+                "Method not allowed",
+                "Use GET or POST for the authorization endpoint.",
+                status=405,
+                headers={"Allow": "GET, POST"},
+            )
         post = request.method == "POST"
         redirect_status = 303 if post else 302
         try:
