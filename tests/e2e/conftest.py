@@ -27,7 +27,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from keystile.cli import app as cli_app
-from tests.conftest import INTROSPECT, REVOKE, TOKEN, Creds
+from tests.conftest import INTROSPECT, REVOKE, TOKEN, Creds, service_unavailable
 
 KEYSTILE = Path(sys.executable).parent / "keystile"
 LOOPBACK = "127.0.0.1"
@@ -376,7 +376,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     try:
         import cryptography  # noqa: F401
     except ImportError:
-        pytest.skip("needs the openssl binary or the cryptography package to make a certificate")
+        service_unavailable(
+            "needs the openssl binary or the cryptography package for a certificate"
+        )
     return _cryptography_cert(folder)  # pragma: no cover - only without openssl
 
 
@@ -385,5 +387,5 @@ def curl() -> str:
     """The curl binary, for running the commands the demo setup prints."""
     path = shutil.which("curl")
     if path is None:
-        pytest.skip("curl is not installed; the README flow runs the real curl binary")
+        service_unavailable("curl is not installed; the README flow runs the real curl binary")
     return path

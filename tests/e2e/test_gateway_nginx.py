@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import service_unavailable
 from tests.e2e.conftest import LOOPBACK, Demo, Server, ServerStarter, free_port, parse_demo
 from tests.e2e.gateway_procs import Gateway, start_gateway, start_upstream, wait_until
 
@@ -167,10 +168,7 @@ def nginx_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxStack
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
     )
     if binary is None:
-        reason = "nginx is not installed (apt-get install nginx); .ci/run installs it"
-        if os.environ.get("KEYSTILE_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        service_unavailable("nginx is not installed (apt-get install nginx); .ci/run installs it")
     folder = tmp_path_factory.mktemp("nginx")
     starter = ServerStarter(folder)
     server = starter("--log-level", "warning")
