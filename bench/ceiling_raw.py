@@ -31,10 +31,7 @@ class _Endpoints:
     """What FastPathProtocol asks of keystile's OAuthEndpoints, answering a constant."""
 
     max_body = 16384
-
-    @staticmethod
-    def _lookup_now(digest: bytes | None) -> tuple[int, None]:
-        return 0, None
+    answers_now = True
 
     @staticmethod
     def introspect_now(scope: Any, body: bytes) -> tuple[bytes, bytes]:

@@ -11,10 +11,10 @@ The tree::
     │   ├── InvalidClient               401  RFC 6749 §5.2, always with WWW-Authenticate
     │   ├── UnauthorizedClient          400  RFC 6749 §5.2
     │   ├── IntrospectionForbidden      403  RFC 7662 §2.1: caller is not a resource server
+    │   ├── InvalidGrant                400  RFC 6749 §5.2: bad, used or foreign code/refresh token
     │   ├── UnsupportedGrantType        400  RFC 6749 §5.2
     │   ├── InvalidScope                400  RFC 6749 §5.2
     │   ├── InvalidTarget               400  RFC 8707 §2
-    │   ├── UnsupportedTokenType        400  RFC 7009 §2.2.1
     │   ├── TooManyRequests             429  failed client authentications throttled
     │   ├── InvalidToken                401  RFC 6750 §3.1
     │   ├── InsufficientScope           403  RFC 6750 §3.1
@@ -100,10 +100,6 @@ class InvalidScope(OAuthError):
 
 class InvalidTarget(OAuthError):
     error, status_code = "invalid_target", 400
-
-
-class UnsupportedTokenType(OAuthError):
-    error, status_code = "unsupported_token_type", 400
 
 
 class TooManyRequests(OAuthError):

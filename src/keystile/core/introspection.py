@@ -7,10 +7,6 @@ from typing import Any
 from keystile.core.models import ResourceServer, TokenRecord
 from keystile.core.scope import format_scope
 
-# token_type_hint values we know (RFC 7662 §2.1, RFC 7009 §4.1.2). Any other hint is
-# ignored: the hint only speeds up a lookup, it never changes the answer (§2.1).
-KNOWN_HINTS = frozenset({"access_token", "refresh_token"})
-
 
 def may_see(caller: ResourceServer, record: TokenRecord) -> bool:
     """The introspection policy: may this resource server learn about this token? (§4)"""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from keystile.core.models import Client
+from keystile.core.models import Client, TokenRecord
 from keystile.core.scope import parse_scope
+from keystile.core.tokens import new_jti
 from keystile.errors import InvalidScope, InvalidTarget, UnauthorizedClient
 
 
@@ -78,3 +79,34 @@ def requested_audience(
         if resource not in aud:
             aud.append(resource)
     return tuple(aud)
+
+
+def new_token_record(
+    kind: str,
+    client_id: str,
+    scope: frozenset[str],
+    aud: tuple[str, ...],
+    *,
+    now: int,
+    exp: int,
+    digest: bytes,
+    sub: str,
+    username: str | None = None,
+    grant_id: str | None = None,
+) -> TokenRecord:
+    """A new token as it is stored (by ``digest``), valid from ``now`` until ``exp``, with
+    a fresh jti; every grant builds its access and refresh tokens here."""
+    return TokenRecord(
+        token_hash=digest,
+        kind=kind,
+        client_id=client_id,
+        scope=scope,
+        aud=aud,
+        iat=now,
+        nbf=now,
+        exp=exp,
+        jti=new_jti(),
+        sub=sub,
+        username=username,
+        grant_id=grant_id,
+    )

@@ -207,11 +207,3 @@ class TokenRecord:
     def is_active(self, now: int) -> bool:
         # Expired the moment `exp` is reached (RFC 7519 §4.1.4: "on or after").
         return self.revoked_at is None and self.nbf <= now < self.exp
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedToken:
-    """What the token endpoint hands back: the raw value exists only here, in memory."""
-
-    value: str = field(repr=False)
-    record: TokenRecord

@@ -38,7 +38,6 @@ SigningAlg = Literal["ES256", "RS256", "Ed25519", "EdDSA"]
 # specified name of EdDSA over Ed25519 (RFC 9864 §2.2); "EdDSA" is the older, now deprecated
 # name of the same signatures, offered for verifiers that know only that one.
 SIGNING_ALGS: tuple[SigningAlg, ...] = ("ES256", "RS256", "Ed25519", "EdDSA")
-DEFAULT_ALG: SigningAlg = "ES256"
 KEK_BYTES = 32  # AES-256
 _BLOB_VERSION = b"\x01"
 _FINGERPRINT_BYTES = 8

@@ -16,9 +16,6 @@ import hashlib
 import hmac
 import secrets
 import zlib
-from typing import Literal
-
-TokenKind = Literal["access_token", "refresh_token"]
 
 _KIND_PREFIX: dict[str, str] = {
     "access_token": "ks_at_",
@@ -80,6 +77,14 @@ def token_kind(value: str) -> str | None:
     if _checksum(value[:-_CHECK_CHARS]) != value[-_CHECK_CHARS:]:
         return None
     return kind
+
+
+def stored_digest(value: str) -> bytes | None:
+    """The digest an opaque access or refresh token is stored under, or None for anything
+    that cannot be one (codes, secrets, garbage): those need no lookup at all."""
+    if token_kind(value) in ("access_token", "refresh_token"):
+        return token_hash(value)
+    return None
 
 
 def token_hash(value: str) -> bytes:

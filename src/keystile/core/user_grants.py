@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keystile.core import pkce
-from keystile.core.issuance import check_resource_uri
+from keystile.core.issuance import check_resource_uri, new_token_record
 from keystile.core.models import AuthorizationCode, Client, Grant, TokenRecord
 from keystile.core.scope import parse_scope
-from keystile.core.tokens import new_jti
 from keystile.errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget
 
 # One message for every way a code fails: which check failed is no business of a caller
@@ -73,16 +72,14 @@ def access_record(
     client: Client, grant: Grant, shape: TokenShape, now: int, digest: bytes
 ) -> TokenRecord:
     """An access token of a user grant: ``sub`` is the user, ``username`` their name."""
-    return TokenRecord(
-        token_hash=digest,
-        kind="access_token",
-        client_id=client.client_id,
-        scope=shape.scope,
-        aud=shape.aud,
-        iat=now,
-        nbf=now,
+    return new_token_record(
+        "access_token",
+        client.client_id,
+        shape.scope,
+        shape.aud,
+        now=now,
         exp=now + client.access_token_ttl,
-        jti=new_jti(),
+        digest=digest,
         sub=grant.user_id,
         username=grant.username,
         grant_id=grant.grant_id,
@@ -97,16 +94,14 @@ def refresh_record(client: Client, grant: Grant, now: int, digest: bytes) -> Tok
     exp = min(now + client.refresh_token_ttl, grant.expires_at)
     if exp <= now:
         return None
-    return TokenRecord(
-        token_hash=digest,
-        kind="refresh_token",
-        client_id=client.client_id,
-        scope=grant.scope,
-        aud=grant.aud,
-        iat=now,
-        nbf=now,
+    return new_token_record(
+        "refresh_token",
+        client.client_id,
+        grant.scope,
+        grant.aud,
+        now=now,
         exp=exp,
-        jti=new_jti(),
+        digest=digest,
         sub=grant.user_id,
         username=grant.username,
         grant_id=grant.grant_id,

@@ -29,7 +29,7 @@ from keystile.core.client_assertion import (
 from keystile.core.client_auth import check_client, extract_credentials, invalid_client
 from keystile.core.forms import Form, parse_form
 from keystile.core.introspection import introspection_response
-from keystile.core.issuance import TokenGrant, client_credentials_grant
+from keystile.core.issuance import TokenGrant, client_credentials_grant, new_token_record
 from keystile.core.jwt_introspection import JWT_MEDIA_TYPE, introspection_jwt, response_shape
 from keystile.core.jwt_profile import looks_like_jwt, published_until, sign_access_token
 from keystile.core.metadata import TOKEN_PATH
@@ -37,8 +37,8 @@ from keystile.core.models import Client, Grant, ResourceServer, TokenRecord
 from keystile.core.scope import format_scope
 from keystile.core.tokens import (
     new_access_token,
-    new_jti,
     new_refresh_token,
+    stored_digest,
     token_hash,
     token_kind,
 )
@@ -212,6 +212,8 @@ class OAuthEndpoints:
         lookup_now = getattr(store, "lookup_token_now", None)
         self._lookup_now = lookup_now
         self._data_version_now: Callable[[], int] | None = getattr(store, "data_version_now", None)
+        # Whether introspect_now can answer at all (server/fastpath.py asks once per connection).
+        self.answers_now = lookup_now is not None and self._data_version_now is not None
         self._answers: dict[bytes, tuple[int, float, bool, bytes]] = {}
         self._answers_version = -1
         self._client_jwks: dict[str, Any] = {}  # private_key_jwt: parsed JWK Sets by text
@@ -420,9 +422,7 @@ class OAuthEndpoints:
         # token_type_hint is only a hint (§2.1): the token's own prefix tells its kind, so
         # every kind is searched whatever the hint says, and unknown hints are ignored.
         # Malformed tokens (bad prefix, length or checksum) need no lookup at all.
-        digest = None
-        if token is not None and token_kind(token) in ("access_token", "refresh_token"):
-            digest = token_hash(token)
+        digest = stored_digest(token) if token is not None else None
         if digest is None and token is not None and looks_like_jwt(token):
             # RFC 9068: a JWT is ours only if a key we publish signed it for our issuer,
             # checked before the lookup; anything else is inactive without a token lookup.
@@ -531,10 +531,8 @@ class OAuthEndpoints:
         key = credential_key(authorization, form)
         if token is None or key is None:
             return None
-        digest = None
-        if token_kind(token) in ("access_token", "refresh_token"):
-            digest = token_hash(token)
-        elif looks_like_jwt(token):
+        digest = stored_digest(token)
+        if digest is None and looks_like_jwt(token):
             return None  # signature checks and their caches live on the full path
         try:
             version, record = lookup(digest)
@@ -878,16 +876,14 @@ def token_response(
 
 def _access_token_record(client: Client, grant: TokenGrant, now: int, digest: bytes) -> TokenRecord:
     """What an access token from the client_credentials grant carries, opaque or JWT."""
-    return TokenRecord(
-        token_hash=digest,
-        kind="access_token",
-        client_id=client.client_id,
-        scope=grant.scope,
-        aud=grant.aud,
-        iat=now,
-        nbf=now,
+    return new_token_record(
+        "access_token",
+        client.client_id,
+        grant.scope,
+        grant.aud,
+        now=now,
         exp=now + grant.ttl,
-        jti=new_jti(),
+        digest=digest,
         sub=client.client_id,  # client_credentials: the client acts for itself
     )
 

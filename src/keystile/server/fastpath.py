@@ -63,7 +63,7 @@ class FastPathProtocol(HttpToolsProtocol):
         endpoints = _find_endpoints(self.app)
         self._answer_now: FastAnswer | None = None
         self._body_limit = 0
-        if endpoints is not None and getattr(endpoints, "_lookup_now", None) is not None:
+        if endpoints is not None and getattr(endpoints, "answers_now", False):
             self._answer_now = endpoints.introspect_now
             self._body_limit = min(endpoints.max_body, HIGH_WATER_LIMIT)
         self._waiting: RequestResponseCycle | None = None  # body still arriving
