@@ -33,7 +33,7 @@ from keystile.server.endpoints import OAuthEndpoints
 from keystile.server.events import EventStream
 from keystile.server.http import Receive, Scope, Send
 from keystile.server.metrics import ServerMetrics
-from keystile.server.ui import ui_routes
+from keystile.server.ui import SECURITY_HEADERS, ui_routes
 from keystile.settings import ServerSettings
 from keystile.store.base import Store
 
@@ -208,16 +208,7 @@ def create_app(
         status, html = await demo_callback_page(
             the_store, settings.effective_issuer, dict(request.query_params)
         )
-        return HTMLResponse(
-            html,
-            status_code=status,
-            headers={
-                "Cache-Control": "no-store",
-                "Referrer-Policy": "no-referrer",
-                "X-Frame-Options": "DENY",
-                "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-            },
-        )
+        return HTMLResponse(html, status_code=status, headers=dict(SECURITY_HEADERS))
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(the_metrics.render(), media_type=the_metrics.content_type)
