@@ -265,18 +265,22 @@ RunKeystile = Callable[..., "subprocess.CompletedProcess[str]"]
 
 @pytest.fixture
 def run_keystile(tmp_path: Path) -> RunKeystile:
-    """Run the ``keystile`` command in a subprocess, in tmp_path, and capture its output."""
+    """Run the ``keystile`` command in a subprocess, in tmp_path, and capture its output;
+    ``stdin`` is given text (e.g. for ``--password-stdin``), or nothing."""
 
-    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        feed: dict[str, Any] = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
         return subprocess.run(
             [str(KEYSTILE), *args],
             capture_output=True,
             text=True,
             env=env if env is not None else clean_env(),
             cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
             timeout=CLI_TIMEOUT,
             check=False,
+            **feed,
         )
 
     return run

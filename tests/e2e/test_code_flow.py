@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import warnings
 from collections.abc import Iterator
 from html import unescape
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import TOKEN, service_unavailable
-from tests.e2e.conftest import CLI_TIMEOUT, KEYSTILE, DemoServer, Server, clean_env
+from tests.e2e.conftest import DemoServer, RunKeystile
 from tests.e2e.test_readme_flow import printed_curl_commands, run_curl
 
 pytestmark = pytest.mark.process
@@ -119,20 +118,6 @@ class TestBrowser:
         context.close()
 
 
-def _keystile(server: Server, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [str(KEYSTILE), *args, "--db", str(server.db)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def _sign_in_and_allow(http: httpx.Client, url: str, user: str, password: str) -> str:
     """What a user's browser does between the client's redirect and its callback: the
     login form, then the consent form. Returns the callback URL keystile redirects to."""
@@ -150,7 +135,9 @@ def _sign_in_and_allow(http: httpx.Client, url: str, user: str, password: str) -
 
 
 class TestAuthlibClient:
-    def test_code_flow_refresh_and_revocation(self, demo_server: DemoServer) -> None:
+    def test_code_flow_refresh_and_revocation(
+        self, demo_server: DemoServer, run_keystile: RunKeystile
+    ) -> None:
         """Authlib's OAuth2Client runs the code flow with PKCE S256 (RFC 7636), refreshes
         (RFC 6749 §6, rotation per RFC 9700 §4.14.2) and revokes (RFC 7009 §2.1), and
         introspection follows each step."""
@@ -165,8 +152,13 @@ class TestAuthlibClient:
 
         server, demo = demo_server.server, demo_server.demo
         redirect_uri = "http://127.0.0.1:9/callback"  # never followed: we read Location
-        created = _keystile(
-            server,
+
+        def keystile(*args: str, stdin: str | None = None) -> str:
+            done = run_keystile(*args, "--db", str(server.db), stdin=stdin)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        created = keystile(
             "client",
             "create",
             "webapp",
@@ -183,7 +175,7 @@ class TestAuthlibClient:
             "--json",
         )
         secret = re.search(r'"client_secret":\s*"(ks_cs_[^"]+)"', created).group(1)  # type: ignore[union-attr]
-        _keystile(server, "user", "create", "alice", "--password-stdin", stdin="wonderland-42\n")
+        keystile("user", "create", "alice", "--password-stdin", stdin="wonderland-42\n")
 
         client = OAuth2Client(
             "webapp",

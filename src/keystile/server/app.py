@@ -72,8 +72,11 @@ def _open_postgres(settings: ServerSettings) -> Store:
     )
 
 
-def _shared_throttle(settings: ServerSettings, clock: Clock) -> RedisFailureThrottle | None:
-    """The Redis-shared throttle when ``redis_url`` is set (None: in-process counts)."""
+def _shared_throttle(
+    settings: ServerSettings, clock: Clock, *, limit: int, window: int, name: str
+) -> RedisFailureThrottle | None:
+    """A failure throttle shared through Redis when ``redis_url`` is set (None: each process
+    counts for itself). ``name`` keeps the counters of different throttles apart."""
     if settings.redis_url is None:
         return None
     try:
@@ -83,25 +86,9 @@ def _shared_throttle(settings: ServerSettings, clock: Clock) -> RedisFailureThro
     return RedisFailureThrottle(
         settings.redis_url,
         clock,
-        limit=settings.throttle_failures,
-        window=settings.throttle_window,
-        prefix=f"{settings.redis_prefix}:throttle",
-    )
-
-
-def _shared_login_throttle(settings: ServerSettings, clock: Clock) -> RedisFailureThrottle | None:
-    """Failed sign-ins (issue 3), shared through Redis like failed client authentications
-    but counted apart, with their own limits (None: the pages count in-process)."""
-    if settings.redis_url is None:
-        return None
-    from keystile.server.shared_throttle import RedisFailureThrottle  # checked just before
-
-    return RedisFailureThrottle(
-        settings.redis_url,
-        clock,
-        limit=settings.login_failures,
-        window=settings.login_window,
-        prefix=f"{settings.redis_prefix}:login-throttle",
+        limit=limit,
+        window=window,
+        prefix=f"{settings.redis_prefix}:{name}",
     )
 
 
@@ -155,8 +142,22 @@ def create_app(
     the_store: Store = store if store is not None else open_store(settings)
     the_clock = clock or SystemClock()
     the_metrics = metrics or ServerMetrics()
-    shared_throttle = _shared_throttle(settings, the_clock)
-    login_throttle = _shared_login_throttle(settings, the_clock)
+    # Failed client authentications, and failed sign-ins on the pages (issue 3): counted
+    # apart, each with its own limits.
+    shared_throttle = _shared_throttle(
+        settings,
+        the_clock,
+        limit=settings.throttle_failures,
+        window=settings.throttle_window,
+        name="throttle",
+    )
+    login_throttle = _shared_throttle(
+        settings,
+        the_clock,
+        limit=settings.login_failures,
+        window=settings.login_window,
+        name="login-throttle",
+    )
     endpoints = OAuthEndpoints(
         settings, the_store, the_clock, the_metrics, throttle=shared_throttle
     )

@@ -608,16 +608,8 @@ class OAuthEndpoints:
         if found.outcome == "replayed":
             # §4.1.2: the tokens issued from it are revoked now (the store did it, with
             # events, in the same transaction).
-            self.on_event()
-            self.metrics.replays.labels("authorization_code").inc()
-            log.warning(
-                "authorization code replayed; its grant is revoked",
-                extra={
-                    "client_id": client.client_id,
-                    "grant_id": found.code.grant_id if found.code else None,
-                    "source": call.source,
-                },
-            )
+            grant_id = found.code.grant_id if found.code else None
+            self._replayed("authorization_code", client, grant_id, source=call.source)
             raise InvalidGrant(BAD_CODE)
         if found.outcome != "ok" or found.code is None or found.grant is None:
             raise InvalidGrant(BAD_CODE)
@@ -656,6 +648,16 @@ class OAuthEndpoints:
         )
         now = self.clock.now()
         return await self._issue_user_tokens(client, grant, shape, now, rotate=digest)
+
+    def _replayed(self, kind: str, client: Client, grant_id: str | None, **extra: Any) -> None:
+        """A code or refresh token presented again: the store revoked its grant (with
+        events, in the same transaction); wake the event bus, count it, log it."""
+        self.on_event()
+        self.metrics.replays.labels(kind).inc()
+        log.warning(
+            f"{kind.replace('_', ' ')} replayed; its grant is revoked",
+            extra={"client_id": client.client_id, "grant_id": grant_id, **extra},
+        )
 
     async def _issue_user_tokens(
         self, client: Client, grant: Grant, shape: TokenShape, now: int, *, rotate: bytes | None
@@ -698,15 +700,8 @@ class OAuthEndpoints:
         else:
             rotation = await self.store.rotate_refresh_token(rotate, tokens, now)
             if rotation.outcome == "replayed":
-                self.on_event()
-                self.metrics.replays.labels("refresh_token").inc()
-                log.warning(
-                    "refresh token replayed; its grant is revoked",
-                    extra={
-                        "client_id": client.client_id,
-                        "grant_id": grant.grant_id,
-                        "tokens_revoked": rotation.tokens_revoked,
-                    },
+                self._replayed(
+                    "refresh_token", client, grant.grant_id, tokens_revoked=rotation.tokens_revoked
                 )
                 raise InvalidGrant(BAD_REFRESH)
             if rotation.outcome != "ok":
