@@ -1,11 +1,19 @@
 # Two commands do everything on a fresh machine with Python 3.11+:
-#   make run   - create .venv, install keystile, start the AS on the embedded SQLite default
-#   make test  - create/update .venv with dev tools, run linters, type checks and all tests
+#   make run   - create .venv, install keystile with its server extra only, start the AS on
+#                the embedded SQLite default
+#   make test  - create/update .venv with the dev tools, run linters, type checks and all tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
+# One stamp per install: `make run` needs only '.[server]'; everything else needs '.[dev]'
+# (which includes the server extra, so a dev install also satisfies `make run`).
+SERVER_STAMP := $(VENV)/.installed-server
+DEV_STAMP    := $(VENV)/.installed-dev
 ARGS   ?=
+# tests/e2e/test_oidc_interop.py drives openid-client (npm) from this folder; npm ci installs
+# exactly what package-lock.json names. Without npm the test skips (fails in CI).
+RP_DIR   := tests/e2e/oidc_rp
+RP_STAMP := $(RP_DIR)/node_modules/.installed
 
 .PHONY: run test lint typecheck pytest install bench clean
 
@@ -13,28 +21,52 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(SERVER_STAMP): pyproject.toml | $(BIN)/python
+	@if [ "$(DEV_STAMP)" -nt pyproject.toml ]; then \
+		echo "keystile's dev install includes the server extra"; \
+	else \
+		echo "$(BIN)/python -m pip install --quiet -e '.[server]'"; \
+		$(BIN)/python -m pip install --quiet -e '.[server]'; \
+	fi
+	touch $(SERVER_STAMP)
+
+# The DPoP interop test's npm client (oauth4webapi) comes from the committed lock file.
+$(DEV_STAMP): pyproject.toml tests/interop/package-lock.json | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@if command -v npm >/dev/null; then \
+		echo "npm ci --prefix tests/interop"; \
+		npm ci --prefix tests/interop --no-audit --no-fund --silent; \
+	else \
+		echo "npm not found: tests/e2e/test_dpop_interop.py will install oauth4webapi or skip"; \
+	fi
+	touch $(DEV_STAMP)
 
-install: $(STAMP)
+$(RP_STAMP): $(RP_DIR)/package.json $(RP_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		echo "cd $(RP_DIR) && npm ci --no-audit --no-fund"; \
+		(cd $(RP_DIR) && npm ci --no-audit --no-fund --loglevel=error) && touch $(RP_STAMP); \
+	else \
+		echo "npm not found: the openid-client interop test will skip (CI requires it)"; \
+	fi
 
-run: $(STAMP)
+install: $(DEV_STAMP) $(RP_STAMP)
+
+run: $(SERVER_STAMP)
 	$(BIN)/keystile serve $(ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP) $(RP_STAMP)
 	$(BIN)/pytest $(ARGS)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	bench/introspect.sh
 
 clean:

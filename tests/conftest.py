@@ -209,7 +209,7 @@ def postgres() -> str:
     try:
         import asyncpg
     except ImportError:
-        service_unavailable("asyncpg is not installed: pip install 'keystile[postgres]'")
+        service_unavailable("asyncpg is not installed: pip install -e '.[dev]'")
     try:
         run_coroutine(pg_execute("SELECT 1"))
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -233,7 +233,7 @@ def redis_url() -> str:
     try:
         import redis
     except ImportError:
-        service_unavailable("redis-py is not installed: pip install 'keystile[redis]'")
+        service_unavailable("redis-py is not installed: pip install -e '.[dev]'")
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.ping()

@@ -97,6 +97,11 @@ class TestCreateUser:
             "user_id": alice.user_id,
             "username": "alice@example.test",
             "enabled": True,
+            "roles": [],
+            "name": None,
+            "preferred_username": None,
+            "email": None,
+            "email_verified": False,
             "created_at": alice.created_at,
             "updated_at": alice.updated_at,
         }

@@ -1,7 +1,7 @@
 """keystile: OAuth 2.0 token introspection (RFC 7662) made fast, safe and standard.
 
 The public API is deliberately short; the authorization server lives in
-``keystile.server`` (extra ``keystile[server]``) and is usually started with the
+``keystile.server`` (the ``server`` extra) and is usually started with the
 ``keystile`` command.
 """
 

@@ -1,18 +1,18 @@
-"""Administration of clients, resource servers and users: the operations behind the CLI.
+"""Administration of clients, resource servers and users: the operations behind the CLI
+and the admin API (docs/admin.md).
 
-Validation lives here, so the CLI, the demo setup and tests create records the same way.
+Validation lives here, so the CLI, the admin API, the demo setup and tests create and change
+records the same way: a rule changed here changes for all of them. Users live in
+``user_admin.py``; their functions are re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from keystile.clock import Clock
 from keystile.core.issuance import check_resource_uri
@@ -25,13 +25,46 @@ from keystile.core.models import (
     TOKEN_FORMATS,
     Client,
     ResourceServer,
-    User,
 )
-from keystile.core.passwords import PasswordPolicyError, check_policy, hash_password
+from keystile.core.registration import redirect_uri_problem
 from keystile.core.scope import parse_scope
+from keystile.core.signing_keys import SIGNING_ALGS
 from keystile.core.tokens import new_client_secret, token_hash
 from keystile.errors import ConfigurationError, OAuthError
-from keystile.store.base import Conflict, NotFound, Store
+from keystile.store.base import NotFound, Store
+from keystile.user_admin import (
+    ADMIN_ROLE,
+    USER_ID_PREFIX,
+    USER_ROLES,
+    check_password,
+    check_username,
+    create_user,
+    delete_user,
+    get_user,
+    revoke_user_sessions,
+    set_password,
+    set_user_enabled,
+    set_user_roles,
+    update_user,
+    user_view,
+)
+
+__all__ = [
+    "ADMIN_ROLE",
+    "USER_ID_PREFIX",
+    "USER_ROLES",
+    "check_password",
+    "check_username",
+    "create_user",
+    "delete_user",
+    "get_user",
+    "revoke_user_sessions",
+    "set_password",
+    "set_user_enabled",
+    "set_user_roles",
+    "update_user",
+    "user_view",
+]
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 MAX_TTL = 86400 * 30
@@ -39,10 +72,6 @@ MAX_TTL = 86400 * 30
 # of the grant they come from.
 MIN_REFRESH_TTL = 60
 MAX_REFRESH_TTL = 86400 * 365
-# Hosts a native app's plain-http redirect may name (RFC 8252 §7.3, §8.3).
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-MAX_REDIRECT_URI_LENGTH = 2000
-_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
 def _check_client_id(client_id: str) -> str:
@@ -109,6 +138,10 @@ async def create_client(
     redirect_uris: Iterable[str] = (),
     refresh_token_ttl: int | None = None,
     refresh_token_max_ttl: int | None = None,
+    id_token_signed_response_alg: str | None = None,
+    post_logout_redirect_uris: Iterable[str] = (),
+    logout_revokes_grants: bool = False,
+    require_dpop: bool = False,
 ) -> tuple[Client, str]:
     """Register a client; returns it with its generated secret (shown once, stored hashed).
 
@@ -149,6 +182,10 @@ async def create_client(
         token_format=token_format,  # type: ignore[arg-type]
         jwks=jwks,
         redirect_uris=uris,
+        id_token_signed_response_alg=_id_token_alg(id_token_signed_response_alg),
+        post_logout_redirect_uris=_redirect_uris(post_logout_redirect_uris),
+        logout_revokes_grants=logout_revokes_grants,
+        require_dpop=require_dpop,
     )
     refresh: dict[str, Any] = {}
     if refresh_token_ttl is not None:
@@ -183,8 +220,13 @@ async def update_client(
     redirect_uris: Iterable[str] | None = None,
     refresh_token_ttl: int | None = None,
     refresh_token_max_ttl: int | None = None,
+    id_token_signed_response_alg: str | None = None,
+    post_logout_redirect_uris: Iterable[str] | None = None,
+    logout_revokes_grants: bool | None = None,
+    require_dpop: bool | None = None,
 ) -> Client:
-    """Change the settings given; lists (grant types, redirect URIs, ...) are replaced."""
+    """Change the settings given; lists (grant types, redirect URIs, ...) are replaced.
+    ``id_token_signed_response_alg=""`` goes back to the default (the active key's)."""
     client = await get_client(store, client_id)
     changes: dict[str, Any] = {"updated_at": clock.now()}
     if name is not None:
@@ -214,6 +256,14 @@ async def update_client(
         changes["refresh_token_ttl"] = refresh_token_ttl
     if refresh_token_max_ttl is not None:
         changes["refresh_token_max_ttl"] = refresh_token_max_ttl
+    if id_token_signed_response_alg is not None:
+        changes["id_token_signed_response_alg"] = _id_token_alg(id_token_signed_response_alg)
+    if post_logout_redirect_uris is not None:
+        changes["post_logout_redirect_uris"] = _redirect_uris(post_logout_redirect_uris)
+    if logout_revokes_grants is not None:
+        changes["logout_revokes_grants"] = logout_revokes_grants
+    if require_dpop is not None:
+        changes["require_dpop"] = require_dpop
     updated = replace(client, **changes)
     if updated.auth_method == "private_key_jwt" and updated.jwks is None:
         raise ConfigurationError("private_key_jwt needs the client's public keys: give --jwks")
@@ -258,6 +308,15 @@ def _check_client(client: Client) -> Client:
     return client
 
 
+def _id_token_alg(value: str | None) -> str | None:
+    """OIDC Registration §2 id_token_signed_response_alg: one of our signing algorithms;
+    None or "" for the default (the active key's, ES256 unless configured)."""
+    if not value:
+        return None
+    _check_choice("ID token signing algorithm", value, SIGNING_ALGS)
+    return value
+
+
 def _redirect_uris(values: Iterable[str]) -> tuple[str, ...]:
     out: list[str] = []
     for value in values:
@@ -268,47 +327,33 @@ def _redirect_uris(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_redirect_uri(value: str) -> None:
-    """A redirect URI a client may register (RFC 6749 §3.1.2; RFC 9700 §2.1; RFC 8252 §7).
+    """A redirect URI a client may register (see core/registration.redirect_uri_problem)."""
+    problem = redirect_uri_problem(value)
+    if problem is not None:
+        raise ConfigurationError(f"redirect URI {value!r}: {problem}")
 
-    Matched exactly at the authorization endpoint, so only what can be matched safely:
-    absolute, no fragment, ASCII without whitespace; https anywhere, plain http only to a
-    loopback host (a native app's local listener), or a private-use scheme in reverse
-    domain form such as ``com.example.app:/cb``.
-    """
 
-    def bad(reason: str) -> ConfigurationError:
-        return ConfigurationError(f"redirect URI {value!r}: {reason}")
+async def list_clients(store: Store) -> list[dict[str, Any]]:
+    """Every client as a view, with how it came to be: ``cli`` (made by an operator, with
+    the CLI or the admin API) or a dynamic registration method (docs/registration.md)."""
+    from keystile.registration_admin import registration_methods
 
-    if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise bad("no whitespace, control or non-ASCII characters (percent-encode them)")
-    if len(value) > MAX_REDIRECT_URI_LENGTH:
-        raise bad(f"at most {MAX_REDIRECT_URI_LENGTH} characters")
-    if "#" in value:
-        raise bad("must not have a fragment (RFC 6749 section 3.1.2)")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise bad("not a valid URI") from None
-    scheme = parts.scheme.lower()
-    if not scheme or not _SCHEME.fullmatch(scheme):
-        raise bad("must be an absolute URI")
-    if scheme in ("http", "https"):
-        if not parts.hostname:
-            raise bad("must be an absolute URI with a host")
-        if parts.username is not None or parts.password is not None:
-            raise bad("must not carry user information")
-        if scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
-            raise bad(
-                "plain http only to a loopback host (127.0.0.1, [::1] or localhost; "
-                "RFC 8252 section 7.3); use https"
-            )
-        return
-    if "." not in scheme or not parts.path.startswith("/") or parts.netloc:
-        raise bad(
-            "use https, http to a loopback host, or a private-use scheme in reverse domain "
-            "form such as com.example.app:/callback (RFC 8252 section 7.1)"
-        )
+    methods = await registration_methods(store)
+    return [
+        {**client_view(c), "registration": methods.get(c.client_id, "cli")}
+        for c in await store.list_clients()
+    ]
+
+
+async def set_client_enabled(store: Store, clock: Clock, client_id: str, enabled: bool) -> int:
+    """Enable or disable a client; disabling revokes every live token it holds (one
+    transaction, one client_disabled event). The number of tokens revoked."""
+    return await store.set_client_enabled(client_id, enabled, clock.now())
+
+
+async def delete_client(store: Store, clock: Clock, client_id: str) -> int:
+    """Revoke a client's live tokens, then delete it; the number of tokens revoked."""
+    return await store.delete_client(client_id, clock.now())
 
 
 async def rotate_secret(store: Store, clock: Clock, client_id: str) -> tuple[Client, str]:
@@ -390,6 +435,11 @@ async def update_resource_server(
     return updated
 
 
+async def delete_resource_server(store: Store, identifier: str) -> None:
+    """Delete a resource server; its introspecting clients stay (NotFound if unknown)."""
+    await store.delete_resource_server(identifier)
+
+
 async def _check_introspectors(store: Store, client_ids: Iterable[str]) -> None:
     """Only confidential clients introspect: a public one proves nothing about itself."""
     for client_id in client_ids:
@@ -448,6 +498,10 @@ def client_view(client: Client) -> dict[str, Any]:
         "redirect_uris": list(client.redirect_uris),
         "refresh_token_ttl": client.refresh_token_ttl,
         "refresh_token_max_ttl": client.refresh_token_max_ttl,
+        "id_token_signed_response_alg": client.id_token_signed_response_alg,
+        "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
+        "logout_revokes_grants": client.logout_revokes_grants,
+        "require_dpop": client.require_dpop,
     }
 
 
@@ -461,106 +515,4 @@ def resource_server_view(rs: ResourceServer) -> dict[str, Any]:
         "introspection_response": rs.introspection_response,
         "created_at": rs.created_at,
         "updated_at": rs.updated_at,
-    }
-
-
-# -- users (people who sign in; docs/cli.md) -------------------------------------------------
-
-_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
-USER_ID_PREFIX = "usr_"
-
-
-def check_username(username: str) -> str:
-    """A valid username, lower-cased as stored (so sign-in ignores case)."""
-    if not _USERNAME.fullmatch(username):
-        raise ConfigurationError(
-            "username must be 1-128 characters of letters, digits and . _ @ + -, "
-            "starting with a letter or digit"
-        )
-    name = username.lower()
-    if name.startswith(USER_ID_PREFIX):
-        # User ids start so: a name that did too could be read as someone else's id.
-        raise ConfigurationError(f"a username may not start with {USER_ID_PREFIX!r}")
-    return name
-
-
-async def _hash(password: str) -> str:
-    """The argon2id hash of a password that meets the policy; the slow part off the loop."""
-    try:
-        check_policy(password)
-        return await asyncio.to_thread(hash_password, password)
-    except PasswordPolicyError as exc:
-        raise ConfigurationError(str(exc)) from None
-
-
-async def create_user(store: Store, clock: Clock, *, username: str, password: str) -> User:
-    """Register a user with a new opaque, stable id (their ``sub``); Conflict if the
-    username is taken."""
-    name = check_username(username)
-    if await store.get_user_by_name(name) is not None:  # before the slow hash
-        raise Conflict(f"user {name!r} exists already")
-    password_hash = await _hash(password)
-    now = clock.now()
-    user = User(
-        user_id=USER_ID_PREFIX + secrets.token_urlsafe(16),
-        username=name,
-        password_hash=password_hash,
-        enabled=True,
-        created_at=now,
-        updated_at=now,
-    )
-    await store.create_user(user)
-    return user
-
-
-async def get_user(store: Store, ref: str) -> User:
-    """A user by id (``usr_...``) or by username (any case); NotFound otherwise."""
-    if ref.startswith(USER_ID_PREFIX):
-        user = await store.get_user(ref)
-    else:
-        user = await store.get_user_by_name(ref.lower())
-    if user is None:
-        raise NotFound(f"no user {ref!r}")
-    return user
-
-
-async def set_password(store: Store, clock: Clock, ref: str, password: str) -> User:
-    """Give a user a new password. Their sessions and grants stay: end them with
-    revoke_user_sessions if the old password may be known to someone else."""
-    user = await get_user(store, ref)
-    updated = replace(user, password_hash=await _hash(password), updated_at=clock.now())
-    await store.update_user(updated)
-    return updated
-
-
-async def set_user_enabled(store: Store, clock: Clock, ref: str, enabled: bool) -> tuple[User, int]:
-    """Enable or disable a user. Disabling ends their sessions and revokes their grants and
-    tokens in the same transaction; returns the user and the number of tokens revoked."""
-    user = await get_user(store, ref)
-    now = clock.now()
-    revoked = await store.set_user_enabled(user.user_id, enabled, now)
-    return replace(user, enabled=enabled, updated_at=now), revoked
-
-
-async def delete_user(store: Store, clock: Clock, ref: str) -> tuple[User, int]:
-    """Revoke everything of a user, then delete them; the user and tokens revoked."""
-    user = await get_user(store, ref)
-    return user, await store.delete_user(user.user_id, clock.now())
-
-
-async def revoke_user_sessions(store: Store, clock: Clock, ref: str) -> tuple[User, int]:
-    """End every session of a user and revoke their grants and tokens (they stay enabled
-    and may sign in again); the user and tokens revoked."""
-    user = await get_user(store, ref)
-    return user, await store.revoke_user_sessions(user.user_id, clock.now())
-
-
-def user_view(user: User) -> dict[str, Any]:
-    """A user as JSON for the CLI: never the password hash."""
-    return {
-        "user_id": user.user_id,
-        "username": user.username,
-        "enabled": user.enabled,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
     }

@@ -17,11 +17,18 @@ The tree::
     │   ├── InvalidTarget               400  RFC 8707 §2
     │   ├── TooManyRequests             429  failed client authentications throttled
     │   ├── InvalidToken                401  RFC 6750 §3.1
+    │   ├── InvalidDpopProof            400  RFC 9449 §5, §7.1 (resource servers: 401)
+    │   ├── UseDpopNonce                400  RFC 9449 §8, §9 (resource servers: 401)
+    │   ├── InvalidRedirectUri          400  RFC 7591 §3.2.2
+    │   ├── InvalidClientMetadata       400  RFC 7591 §3.2.2
+    │   ├── InvalidSoftwareStatement    400  RFC 7591 §3.2.2
+    │   ├── UnapprovedSoftwareStatement 400  RFC 7591 §3.2.2
     │   ├── InsufficientScope           403  RFC 6750 §3.1
     │   └── ServerError                 500  never carries internals
     └── KeystileError                   operational, never an OAuth answer
         ├── StoreUnavailable            the store cannot answer: 503, never "inactive"
         ├── IntrospectionUnavailable    (resource side) the AS cannot answer: 503, never 401
+        │   └── SignedAnswersUnavailable  a phantom_token route gets no RFC 9701 answers: 503
         └── ConfigurationError          bad settings or command-line input
 """
 
@@ -117,6 +124,40 @@ class InvalidToken(OAuthError):
     error, status_code = "invalid_token", 401
 
 
+class InvalidDpopProof(OAuthError):
+    """RFC 9449 §5 (token endpoint, 400) and §7.1 (resource servers answer 401 with a
+    ``DPoP`` challenge): the DPoP proof is missing, malformed or does not fit the request."""
+
+    error, status_code = "invalid_dpop_proof", 400
+
+
+class UseDpopNonce(OAuthError):
+    """RFC 9449 §8 (token endpoint, 400) and §9 (resource servers, 401): retry with the
+    nonce given in the ``DPoP-Nonce`` header."""
+
+    error, status_code = "use_dpop_nonce", 400
+
+
+class InvalidRedirectUri(OAuthError):
+    """RFC 7591 §3.2.2: a requested redirect URI is invalid or not allowed here."""
+
+    error, status_code = "invalid_redirect_uri", 400
+
+
+class InvalidClientMetadata(OAuthError):
+    """RFC 7591 §3.2.2: a client metadata field is invalid or not allowed here."""
+
+    error, status_code = "invalid_client_metadata", 400
+
+
+class InvalidSoftwareStatement(OAuthError):
+    error, status_code = "invalid_software_statement", 400
+
+
+class UnapprovedSoftwareStatement(OAuthError):
+    error, status_code = "unapproved_software_statement", 400
+
+
 class InsufficientScope(OAuthError):
     error, status_code = "insufficient_scope", 403
 
@@ -137,6 +178,20 @@ class IntrospectionUnavailable(KeystileError):
     """The authorization server could not say whether a token is active (down, timing out,
     refusing our credentials, answering nonsense). Resource servers answer 503: the
     request is still denied, but the caller is not told its token is bad."""
+
+    # What the refused caller is told (error_description of the 503).
+    public_description: ClassVar[str] = "the authorization server cannot be reached"
+
+
+class SignedAnswersUnavailable(IntrospectionUnavailable):
+    """The AS is up but answers this gateway's introspection in plain JSON, so a
+    ``phantom_token`` route has no signed answer (RFC 9701) to forward: a setup error, still
+    a 503 (fail closed) but never reported as an unreachable AS."""
+
+    public_description: ClassVar[str] = (
+        "this route needs signed introspection answers (RFC 9701), and the authorization"
+        " server does not give them to the gateway's resource server"
+    )
 
 
 class ConfigurationError(KeystileError):

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ async def ensure_active_key(
     """The active key, made now if there is none (the first start). None without a KEK."""
     keys = await store.list_signing_keys()
     for key in keys:
-        if key.state == "active":
+        if key.state == "active" and key.use_for == "all":
             return key
     if kek is None:
         return None
@@ -147,9 +148,31 @@ async def ensure_active_key(
         log.info("signing key created", extra={"kid": key.kid, "alg": key.alg})
         return key
     for other in await store.list_signing_keys():
-        if other.state == "active":
+        if other.state == "active" and other.use_for == "all":
             return other
     return None
+
+
+async def ensure_id_token_key(store: Store, clock: Clock, kek: bytes, alg: str) -> SigningKey:
+    """The active ID-token key of ``alg``, made now if there is none: for clients whose
+    id_token_signed_response_alg is not the active key's (OIDC Registration §2). A rotation
+    retires it with the active key; the next one is made on first need again."""
+    for key in await store.list_signing_keys():
+        if key.state == "active" and key.use_for == "id_token" and key.alg == alg:
+            return key
+    made = new_signing_key(_check_alg(alg), kek=kek, now=clock.now(), state="active")
+    key = replace(made, use_for="id_token")
+    try:
+        await store.insert_signing_key(key)
+    except Conflict:
+        pass  # another process made one at the same moment: use that one
+    else:
+        log.info("ID-token signing key created", extra={"kid": key.kid, "alg": key.alg})
+        return key
+    for other in await store.list_signing_keys():
+        if other.state == "active" and other.use_for == "id_token" and other.alg == alg:
+            return other
+    raise Conflict(f"no ID-token key for {alg}")
 
 
 async def create_key(store: Store, clock: Clock, kek: bytes, *, alg: str = "ES256") -> SigningKey:
@@ -166,7 +189,7 @@ async def rotate(
     """Activate the ``next`` key (the oldest, if several), or a new one of ``alg`` if there is
     none; the active key retires. Returns (new active key, retired key or None)."""
     keys = await store.list_signing_keys()
-    previous = next((k for k in keys if k.state == "active"), None)
+    previous = next((k for k in keys if k.state == "active" and k.use_for == "all"), None)
     upcoming = [k for k in keys if k.state == "next" and (alg is None or k.alg == alg)]
     if upcoming:
         chosen = upcoming[0]
@@ -203,6 +226,7 @@ def key_view(key: SigningKey, now: int) -> dict[str, Any]:
         "kid": key.kid,
         "alg": key.alg,
         "state": key.state,
+        "use": "id_token" if key.use_for == "id_token" else "all",
         "published": key.is_published(now),
         "created_at": key.created_at,
         "activated_at": key.activated_at,

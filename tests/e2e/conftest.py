@@ -393,3 +393,48 @@ def curl() -> str:
     if path is None:
         service_unavailable("curl is not installed; the README flow runs the real curl binary")
     return path
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Headless Chromium from Debian's package, driven by Playwright (no browser download)."""
+    if not Path(CHROMIUM).exists():
+        service_unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a process a test started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_port(proc: subprocess.Popen[bytes], port: int, log: Path, within: float = 20.0) -> None:
+    """Return once ``port`` on loopback accepts; fail with ``log`` if ``proc`` exits first or
+    nothing listens within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(proc)
+                pytest.fail(f"nothing listened on {port}:\n{log.read_text()}")
+            time.sleep(0.05)

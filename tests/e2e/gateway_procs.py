@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -75,16 +76,19 @@ class Gateway:
     port: int
     stdout_path: Path
     stderr_path: Path
+    tls: ssl.SSLContext | None = None  # trusts the gateway's certificate when it serves TLS
     _http: httpx.Client | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
 
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=self.url, trust_env=False, timeout=10.0)
+            self._http = httpx.Client(
+                base_url=self.url, trust_env=False, timeout=10.0, verify=self.tls or True
+            )
         return self._http
 
     @property
@@ -122,25 +126,32 @@ class Gateway:
 
 
 def start_gateway(
-    folder: Path, config: str, *, name: str = "gateway", env: dict[str, str] | None = None
+    folder: Path,
+    config: str,
+    *,
+    name: str = "gateway",
+    env: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+    args: list[str] | None = None,
 ) -> Gateway:
-    """Write ``config`` (with ``{port}`` filled in) and run `keystile gateway --config` on it."""
+    """Write ``config`` (with ``{port}`` filled in) and run `keystile gateway --config` on it;
+    ``tls``: the gateway serves HTTPS, and this context trusts its certificate."""
     port = free_port()
     path = folder / f"{name}.toml"
     path.write_text(config.replace("{port}", str(port)))
     out, err = folder / f"{name}.out", folder / f"{name}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
-            [str(KEYSTILE), "gateway", "--config", str(path)],
+            [str(KEYSTILE), "gateway", "--config", str(path), *(args or [])],
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             env=clean_env(**(env or {})),
             cwd=folder,
         )
-    gateway = Gateway(proc, port, out, err)
+    gateway = Gateway(proc, port, out, err, tls)
     deadline = time.monotonic() + READY
-    with httpx.Client(trust_env=False, timeout=1.0) as probe:
+    with httpx.Client(trust_env=False, timeout=1.0, verify=tls or True) as probe:
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"keystile gateway exited with {proc.returncode}:\n{gateway.stderr}")

@@ -28,6 +28,7 @@ LATEST = migrations()[-1][0]  # the schema version a new database gets
 RFC7662_CLAIMS = [
     "aud",
     "client_id",
+    "cnf",
     "exp",
     "iat",
     "iss",
@@ -76,6 +77,10 @@ class TestClientCommands:
             "redirect_uris": [],
             "refresh_token_ttl": 14 * 86400,
             "refresh_token_max_ttl": 30 * 86400,
+            "id_token_signed_response_alg": None,
+            "post_logout_redirect_uris": [],
+            "logout_revokes_grants": False,
+            "require_dpop": False,
         }
 
     def test_secret_never_shown_again(self, cli: Cli) -> None:
@@ -109,7 +114,11 @@ class TestClientCommands:
         assert shown["name"] == "B"
         listed = ok_json(cli, "client", "list")
         assert sorted(c["client_id"] for c in listed) == ["a-app", "b-app"]
-        assert next(c for c in listed if c["client_id"] == "b-app") == shown
+        # The list also says how each client came to be (docs/registration.md).
+        assert next(c for c in listed if c["client_id"] == "b-app") == {
+            **shown,
+            "registration": "cli",
+        }
 
     def test_update_changes_only_given_options(self, cli: Cli) -> None:
         """update changes the options given and keeps the rest."""
@@ -142,6 +151,10 @@ class TestClientCommands:
             "redirect_uris": [],
             "refresh_token_ttl": 14 * 86400,
             "refresh_token_max_ttl": 30 * 86400,
+            "id_token_signed_response_alg": None,
+            "post_logout_redirect_uris": [],
+            "logout_revokes_grants": False,
+            "require_dpop": False,
         }
         assert without_times(ok_json(cli, "client", "show", "app")) == updated
 
@@ -244,6 +257,7 @@ class TestErrors:
     )
     def test_unknown_client(self, cli: Cli, command: list[str]) -> None:
         """Every client command on an unknown id exits 3 with one clear line on stderr."""
+        ok_json(cli, "db", "upgrade")
         result = cli(*command)
         assert result.exit_code == 3
         assert result.stderr == "keystile: no client 'nope'\n"
@@ -259,6 +273,7 @@ class TestErrors:
     )
     def test_unknown_resource(self, cli: Cli, command: list[str]) -> None:
         """Every resource command on an unknown identifier exits 3 with one clear line."""
+        ok_json(cli, "db", "upgrade")
         result = cli(*command)
         assert result.exit_code == 3
         assert result.stderr == f"keystile: no resource server '{OTHER_API}'\n"
@@ -320,7 +335,7 @@ class TestErrors:
             (
                 ["resource", "create", API, "--claims", "scope email"],
                 "keystile: unknown claim 'email'; choose from scope, client_id, username, "
-                "token_type, exp, iat, nbf, sub, aud, iss, jti\n",
+                "token_type, exp, iat, nbf, sub, aud, iss, jti, cnf\n",
             ),
         ],
     )
@@ -336,6 +351,7 @@ class TestErrors:
     @pytest.mark.process
     def test_unknown_client_in_subprocess(self, run_keystile: RunKeystile) -> None:
         """In a real process an unknown client exits 3 with one stderr line and no traceback."""
+        assert run_keystile("db", "upgrade", "--db", "k.db").returncode == 0
         done = run_keystile("client", "show", "nope", "--db", "k.db")
         assert done.returncode == 3
         assert done.stderr == "keystile: no client 'nope'\n"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from keystile import cli as cli_module
+from keystile.cli import users as cli_users
 from keystile.core.models import User
 from keystile.core.passwords import verify_password
 from keystile.store.sqlite import SQLiteStore
@@ -80,7 +80,19 @@ class TestUserCommands:
         """create --json prints the user (opaque id, lower-cased name) without any hash;
         show finds it by name in any case or by id; list has it."""
         created = create_user(cli, "Alice@Example.test")
-        assert set(created) == {"user_id", "username", "enabled", "created_at", "updated_at"}
+        assert set(created) == {
+            "user_id",
+            "username",
+            "enabled",
+            "roles",
+            "created_at",
+            "updated_at",
+            # OpenID Connect claims (docs/oidc.md), none set here.
+            "name",
+            "preferred_username",
+            "email",
+            "email_verified",
+        }
         assert created["user_id"].startswith("usr_")
         assert created["username"] == "alice@example.test"
         assert created["enabled"] is True
@@ -102,7 +114,7 @@ class TestUserCommands:
 
     def test_password_from_terminal(self, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
         """On a terminal the password is asked twice, hidden; it is not echoed."""
-        monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+        monkeypatch.setattr(cli_users, "_stdin_is_tty", lambda: True)
         result = cli("user", "create", "bob", "--json", input=f"{PASSWORD}\n{PASSWORD}\n")
         assert result.exit_code == 0, result.output
         assert PASSWORD not in result.output
@@ -111,6 +123,7 @@ class TestUserCommands:
 
     def test_no_terminal_no_stdin_flag(self, cli: Cli) -> None:
         """Without a terminal and without --password-stdin nothing is created: exit 2."""
+        ok_json(cli, "db", "upgrade")
         result = cli("user", "create", "bob", input=PASSWORD + "\n")
         assert result.exit_code == 2
         assert result.stderr == (
@@ -144,6 +157,7 @@ class TestUserCommands:
     )
     def test_invalid_input(self, cli: Cli, args: list[str], stdin: str, message: str) -> None:
         """A bad username or a short password exits 2, says why, and creates nothing."""
+        ok_json(cli, "db", "upgrade")
         result = cli(*args, "--password-stdin", input=stdin + "\n")
         assert result.exit_code == 2
         assert result.stderr == message
@@ -219,6 +233,7 @@ class TestUserCommands:
     )
     def test_unknown_user(self, cli: Cli, command: list[str]) -> None:
         """Every user command on an unknown user exits 3 with one clear line on stderr."""
+        ok_json(cli, "db", "upgrade")
         result = cli(*command, input=PASSWORD + "\n")
         assert result.exit_code == 3
         assert result.stderr == "keystile: no user 'bob'\n"
@@ -381,6 +396,7 @@ class TestClientOptions:
     )
     def test_invalid(self, cli: Cli, args: list[str], message: str) -> None:
         """Unusable client settings exit 2 with a clear message and create nothing."""
+        ok_json(cli, "db", "upgrade")
         result = cli("client", "create", "app", *args)
         assert result.exit_code == 2
         assert result.stderr == message

@@ -12,22 +12,19 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Iterator
 from html import unescape
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import TOKEN, service_unavailable
+from tests.conftest import TOKEN
 from tests.e2e.conftest import DemoServer, RunKeystile
 from tests.e2e.test_readme_flow import printed_curl_commands, run_curl
 
 pytestmark = pytest.mark.process
 
-CHROMIUM = "/usr/bin/chromium"
 _USER = re.compile(r"^\s+user\s+(\S+)\s+password\s+(\S+)$", re.MULTILINE)
 _OPEN = re.compile(r"^\s+open\s+(\S+)$", re.MULTILINE)
 _VERIFIER = re.compile(r'code_verifier=([A-Za-z0-9_\-.~]+)"')
@@ -36,22 +33,6 @@ _HIDDEN = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
 
 def _query(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-
-
-@pytest.fixture
-def chromium() -> Iterator[Any]:
-    """Headless Chromium from Debian's package, driven by Playwright (no browser download)."""
-    if not Path(CHROMIUM).exists():
-        service_unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class TestBrowser:
@@ -221,3 +202,129 @@ class TestAuthlibClient:
             assert server.introspect(rs, value).json() == {"active": False}
         browser.close()
         client.close()
+
+
+class TestBrowserOpenIdConnect:
+    def test_openid_profile_sign_in_and_logout(
+        self, demo_server: DemoServer, chromium: Any, run_keystile: RunKeystile
+    ) -> None:
+        """In a real browser: an OpenID Connect request (scope openid profile email, nonce)
+        signs in, the consent page names the identity claims, the ID token names the user
+        (nonce, at_hash: OIDC Core §3.1.3.6), UserInfo answers the claims set with the CLI,
+        and RP-initiated logout returns to the app with state and ends the session."""
+        import base64
+        import hashlib
+        import secrets
+
+        import jwt as pyjwt
+
+        from keystile.core.pkce import s256
+
+        server = demo_server.server
+        user, password = _USER.search(server.stdout).groups()  # type: ignore[union-attr]
+        callback = server.url + "/demo/callback"
+        signed_out = server.url + "/healthz"  # any page of ours: the app's "signed out" page
+
+        def keystile(*args: str) -> dict[str, Any]:
+            done = run_keystile(*args, "--db", str(server.db), "--json")
+            assert done.returncode == 0, done.stderr
+            return dict(json.loads(done.stdout))
+
+        secret = keystile(
+            "client",
+            "create",
+            "oidc-web",
+            "--name",
+            "OIDC web app",
+            "--redirect-uri",
+            callback,
+            "--post-logout-redirect-uri",
+            signed_out,
+            "--scope",
+            "openid profile email",
+        )["client_secret"]
+        keystile("user", "update", user, "--name", "Demo Person", "--email", "demo@example.test")
+
+        verifier, nonce = secrets.token_urlsafe(48), secrets.token_urlsafe(16)
+        authorize = str(
+            httpx.URL(
+                server.url + "/oauth2/authorize",
+                params={
+                    "response_type": "code",
+                    "client_id": "oidc-web",
+                    "redirect_uri": callback,
+                    "scope": "openid profile email",
+                    "state": "s-1",
+                    "nonce": nonce,
+                    "code_challenge": s256(verifier),
+                    "code_challenge_method": "S256",
+                },
+            )
+        )
+        context = chromium.new_context()
+        page = context.new_page()
+        page.goto(authorize)
+        page.get_by_label("Username").fill(user)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Sign in").click()
+        allow = page.get_by_role("button", name="Allow")
+        allow.wait_for()
+        learns = page.locator("#claims-intro + ul").inner_text()
+        assert "Your name" in learns
+        assert "Your email address" in learns
+        allow.click()
+        page.wait_for_url(re.compile(r"/demo/callback"))
+        code = _query(page.url)["code"]
+
+        with httpx.Client(base_url=server.url, trust_env=False) as http:
+            r = http.post(
+                TOKEN,
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": callback,
+                    "code_verifier": verifier,
+                },
+                auth=("oidc-web", secret),
+            )
+            assert r.status_code == 200, r.text
+            tokens = r.json()
+            jwks = http.get("/oauth2/jwks").json()
+            header = pyjwt.get_unverified_header(tokens["id_token"])
+            key = pyjwt.PyJWKSet.from_dict(jwks)[header["kid"]]
+            claims = pyjwt.decode(
+                tokens["id_token"],
+                key.key,
+                algorithms=[header["alg"]],
+                audience="oidc-web",
+                issuer=server.url,
+            )
+            digest = hashlib.sha256(tokens["access_token"].encode()).digest()[:16]
+            assert claims["at_hash"] == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+            assert claims["nonce"] == nonce
+            assert claims["sub"].startswith("usr_")
+            info = http.get(
+                "/oauth2/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+            ).json()
+            assert info == {
+                "sub": claims["sub"],
+                "name": "Demo Person",
+                "preferred_username": user,
+                "email": "demo@example.test",
+                "email_verified": False,
+            }
+
+        logout = httpx.URL(
+            server.url + "/oauth2/logout",
+            params={
+                "id_token_hint": tokens["id_token"],
+                "post_logout_redirect_uri": signed_out,
+                "state": "bye",
+            },
+        )
+        page.goto(str(logout))
+        page.wait_for_url(re.compile(r"/healthz\?state=bye$"))
+        # Signed out: the same request asks to sign in again.
+        page.goto(authorize)
+        page.get_by_label("Password").wait_for()
+        context.close()

@@ -161,11 +161,23 @@ class TestPolicies:
         assert "x-auth-subject" not in seen
 
     def test_protected_route_without_token_gets_bare_challenge(self, stack: Stack):
-        """No credentials: 401 with a Bearer challenge carrying no error code (RFC 6750 §3.1)."""
+        """No credentials: 401 with a Bearer challenge carrying no error code, and a body with
+        no error information (RFC 6750 §3.1)."""
         r = stack.get("/api/orders")
         assert r.status_code == 401
         assert r.headers["www-authenticate"] == 'Bearer realm="gateway-test"'
         assert r.headers["cache-control"] == "no-store"
+        assert r.content == b""
+        assert "content-type" not in r.headers
+
+    @pytest.mark.parametrize("value", ["Basic Zm9vOmJhcg==", "Digest x=1", "", "Bearer", "bearer"])
+    def test_other_scheme_or_empty_is_no_credentials(self, stack: Stack, value: str):
+        """An Authorization header with another scheme, or none at all in it, lacks any
+        authentication information: the same bare challenge and empty body (RFC 6750 §3.1)."""
+        r = stack.gateway.http.get("/api/orders", headers={"Authorization": value})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == 'Bearer realm="gateway-test"'
+        assert r.content == b""
 
     def test_unknown_token_is_invalid_token(self, stack: Stack):
         """A token the AS calls inactive: 401 with error="invalid_token" (RFC 6750 §3.1)."""
@@ -174,10 +186,11 @@ class TestPolicies:
         assert 'error="invalid_token"' in r.headers["www-authenticate"]
 
     def test_malformed_authorization_is_invalid_request(self, stack: Stack):
-        """A non-Bearer Authorization header: 400 invalid_request (RFC 6750 §3.1)."""
-        r = stack.gateway.http.get("/api/orders", headers={"Authorization": "Basic Zm9vOmJhcg=="})
+        """A malformed bearer credential: 400 invalid_request (RFC 6750 §3.1)."""
+        r = stack.gateway.http.get("/api/orders", headers={"Authorization": "Bearer a b"})
         assert r.status_code == 400
         assert 'error="invalid_request"' in r.headers["www-authenticate"]
+        assert r.json()["error"] == "invalid_request"
 
     def test_valid_token_passes_with_identity(self, stack: Stack):
         """A token with the route's scope is forwarded, with identity headers from the AS."""
@@ -474,7 +487,8 @@ class TestForwardAuth:
 
     def test_envoy_style_path_prefix(self, stack: Stack):
         """Envoy ext_authz (HTTP): the original path follows the endpoint's path; the
-        original method is kept."""
+        original method is kept. No credentials (or another scheme): the bare challenge and an
+        empty body; an unknown token: invalid_token (RFC 6750 §3.1)."""
         token = stack.token("read")
         ok = stack.gateway.http.post(
             "/_keystile/auth/check/items?x=1", headers={"Authorization": f"Bearer {token}"}
@@ -484,6 +498,19 @@ class TestForwardAuth:
         bare = stack.gateway.http.get("/_keystile/auth/check/items")
         assert bare.status_code == 401
         assert bare.headers["www-authenticate"] == 'Bearer realm="gateway-test"'
+        assert bare.content == b""  # no error information (RFC 6750 §3.1)
+        basic = stack.gateway.http.get(
+            "/_keystile/auth/check/items", headers={"Authorization": "Basic Zm9vOmJhcg=="}
+        )
+        assert basic.status_code == 401
+        assert basic.headers["www-authenticate"] == 'Bearer realm="gateway-test"'
+        assert basic.content == b""
+        bad = stack.gateway.http.get(
+            "/_keystile/auth/check/items", headers={"Authorization": "Bearer ks_at_unknown"}
+        )
+        assert bad.status_code == 401
+        assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+        assert bad.json()["error"] == "invalid_token"
 
     def test_public_route_allowed_and_clears_identity(self, stack: Stack):
         """A public route is allowed without a token, and every identity header is listed

@@ -100,7 +100,14 @@ def test_phantom_token(demo_server: DemoServer, cli: Cli, tmp_path: Path):
         done = cli("resource", "update", DEMO_AUDIENCE, "--introspection-response", "json", *db)
         assert done.exit_code == 0, done.output
         fresh = {"Authorization": f"Bearer {server.issue(demo.app, scope='read')}"}
-        assert gateway.http.get("/phantom/orders", headers=fresh).status_code == 503
+        refused = gateway.http.get("/phantom/orders", headers=fresh)
+        assert refused.status_code == 503
+        # The AS is up: the caller is told what is missing, not that it cannot be reached.
+        assert refused.json() == {
+            "error": "temporarily_unavailable",
+            "error_description": "this route needs signed introspection answers (RFC 9701),"
+            " and the authorization server does not give them to the gateway's resource server",
+        }
         assert gateway.http.get("/plain", headers=fresh).status_code == 200
     finally:
         gateway.stop()

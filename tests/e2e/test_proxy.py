@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import Creds
 from tests.e2e.conftest import ServerStarter, clean_env, parse_demo
 
 pytestmark = pytest.mark.process
@@ -33,12 +34,19 @@ def _token_status(server, creds, xff: str) -> int:
     return r.status_code
 
 
+def _wrong_status(server, xff: str) -> int:
+    return _token_status(server, Creds("demo-app", "wrong"), xff)
+
+
 def test_trusted_proxy_throttles_per_forwarded_address(start_server: ServerStarter):
-    """Behind a trusted proxy, failures from one forwarded address block only that address."""
+    """Behind a trusted proxy, failures from one forwarded address throttle only that
+    address's failures; right credentials get through from both."""
     server = start_server(env=clean_env(KEYSTILE_TRUSTED_PROXIES='["127.0.0.1"]'))
     demo = parse_demo(server.stdout)
     _fail_ten_times(server, ATTACKER)
-    assert _token_status(server, demo.app, ATTACKER) == 429
+    assert _wrong_status(server, ATTACKER) == 429
+    assert _wrong_status(server, VICTIM) == 401
+    assert _token_status(server, demo.app, ATTACKER) == 200
     assert _token_status(server, demo.app, VICTIM) == 200
 
 
@@ -48,4 +56,5 @@ def test_forwarded_header_ignored_by_default(start_server: ServerStarter):
     demo = parse_demo(server.stdout)
     _fail_ten_times(server, ATTACKER)
     # The TCP peer (127.0.0.1) is what was throttled, whatever the header claims.
-    assert _token_status(server, demo.app, VICTIM) == 429
+    assert _wrong_status(server, VICTIM) == 429
+    assert _token_status(server, demo.app, VICTIM) == 200

@@ -120,15 +120,24 @@ class TestFastAPI:
         assert r.headers["www-authenticate"] == (
             f'Bearer realm="api", resource_metadata="{METADATA.url}"'
         )
-        assert r.json() == {
-            "error": "invalid_token",
-            "error_description": "a bearer token is required",
-        }
+        assert r.headers["cache-control"] == "no-store"
+        assert r.content == b""  # no error information in the body either
+        assert "content-type" not in r.headers
+
+    def test_other_scheme_or_empty_header_is_bare_401(self, api):
+        """An Authorization header with another scheme or no credentials in it lacks any
+        authentication information: the same bare 401 with an empty body (RFC 6750 §3.1)."""
+        c, _, _ = api
+        for value in ("Basic abc", "Digest x=1", "", "Bearer"):
+            r = c.get("/me", headers={"authorization": value})
+            assert r.status_code == 401, value
+            assert "error" not in r.headers["www-authenticate"]
+            assert r.content == b""
 
     def test_malformed_header_is_400(self, api):
-        """A non-Bearer, empty or malformed Authorization header is invalid_request (§3.1)."""
+        """A malformed bearer credential is invalid_request (§3.1)."""
         c, _, _ = api
-        for value in ("Basic abc", "Bearer", "Bearer a b", "Bearer ä"):
+        for value in ("Bearer a b", "Bearer ä"):
             r = c.get("/me", headers={"authorization": value.encode("latin-1")})
             assert r.status_code == 400, value
             assert 'error="invalid_request"' in r.headers["www-authenticate"]
@@ -187,6 +196,7 @@ class TestFastAPI:
         cases = [
             {},
             {"authorization": "Basic abc"},
+            {"authorization": "Bearer a b"},
             bearer("not-a-token"),
             bearer(revoked),
             bearer(d.server.issue(d.demo.app, scope="write")),
@@ -227,7 +237,8 @@ class TestFastAPI:
             r = c.get("/me")
             assert r.status_code == 401
             assert r.headers["www-authenticate"].startswith('Bearer realm="api"')
-            assert "detail" in r.json()
+            # No error information (RFC 6750 §3.1): only Starlette's own reason phrase.
+            assert r.json() == {"detail": "Unauthorized"}
 
     def test_openapi_marks_protected_routes(self, api):
         """Protected operations carry FastAPI's HTTP bearer security scheme in OpenAPI."""

@@ -106,15 +106,23 @@ class TestFlask:
             '"https://api.example.test/.well-known/oauth-protected-resource/v1"'
         )
         assert r.headers["cache-control"] == "no-store"
-        assert r.get_json() == {
-            "error": "invalid_token",
-            "error_description": "a bearer token is required",
-        }
+        assert r.data == b""  # no error information in the body either
+        assert "content-type" not in r.headers
+
+    def test_other_scheme_or_empty_header_is_bare_401(self, api):
+        """An Authorization header with another scheme or no credentials in it lacks any
+        authentication information: the same bare 401 with an empty body (RFC 6750 §3.1)."""
+        c, _, _ = api
+        for value in ("Basic abc", "Digest x=1", "", "Bearer", "Bearer  "):
+            r = c.get("/me", headers={"authorization": value})
+            assert r.status_code == 401, value
+            assert "error" not in r.headers["www-authenticate"]
+            assert r.data == b""
 
     def test_malformed_header_is_400(self, api):
-        """A non-Bearer, empty or malformed Authorization header is invalid_request (§3.1)."""
+        """A malformed bearer credential is invalid_request (§3.1)."""
         c, _, _ = api
-        for value in ("Basic abc", "Bearer", "Bearer a b", "Bearer a,b"):
+        for value in ("Bearer a b", "Bearer a,b", 'Bearer ab"c'):
             r = c.get("/me", headers={"authorization": value})
             assert r.status_code == 400, value
             assert 'error="invalid_request"' in r.headers["www-authenticate"]

@@ -252,11 +252,24 @@ class TestMiddleware:
             'Bearer realm="api", resource_metadata='
             '"https://api.example.test/.well-known/oauth-protected-resource"'
         )
+        assert r.headers["cache-control"] == "no-store"
+        assert r.content == b""  # no error information in the body either
+        assert "content-type" not in r.headers
+
+    async def test_other_scheme_or_empty_header_is_bare_401(self, api):
+        """An Authorization header with another scheme or no credentials in it lacks any
+        authentication information: the same bare 401 with an empty body (RFC 6750 §3.1)."""
+        c, _, _ = api
+        for value in ("Basic abc", "Digest x=1", "", "Bearer", "BEARER "):
+            r = await c.get("/hello", headers={"authorization": value})
+            assert r.status_code == 401, value
+            assert "error" not in r.headers["www-authenticate"]
+            assert r.content == b""
 
     async def test_malformed_header_is_400(self, api):
-        """A non-Bearer or malformed Authorization header is invalid_request (§3.1)."""
+        """A malformed bearer credential is invalid_request (§3.1)."""
         c, _, _ = api
-        for value in ("Basic abc", "Bearer", "Bearer a b", "Bearer ä".encode("latin-1")):
+        for value in ("Bearer a b", "Bearer ä".encode("latin-1")):
             r = await c.get("/hello", headers={"authorization": value})
             assert r.status_code == 400, value
             assert 'error="invalid_request"' in r.headers["www-authenticate"]

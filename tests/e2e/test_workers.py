@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ServerStarter, parse_demo
+from tests.conftest import Creds
+from tests.e2e.conftest import RunKeystile, ServerStarter, clean_env, parse_demo
 
 pytestmark = pytest.mark.process
 
@@ -48,3 +51,42 @@ def test_two_workers_share_tokens_revocations_and_metrics(start_server: ServerSt
     assert _total(metrics, "token") == 6
     assert _total(metrics, "introspect") == 10
     assert _total(metrics, "revoke") == 1
+
+
+def test_two_workers_add_up_in_the_admin_stats(
+    start_server: ServerStarter, run_keystile: RunKeystile, tmp_path: Path
+) -> None:
+    """With --workers 2 on SQLite each worker publishes its dashboard counters to the file,
+    so GET /admin/v1/stats, whichever worker answers, counts both workers' introspections
+    and lists both."""
+    env = clean_env(KEYSTILE_STATS_INTERVAL="0.5")
+    server = start_server("--workers", "2", "--admin-api", "--log-level", "warning", env=env)
+    demo = parse_demo(server.stdout)
+    done = run_keystile(
+        "client", "create", "ops", "--scope", "keystile:admin:read", "--json",
+        "--db", str(tmp_path / "keystile.db"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    secret = done.stdout.split('"client_secret": "')[1].split('"')[0]
+    admin = server.issue(Creds("ops", secret), scope="keystile:admin:read")
+    token = server.issue(demo.app)
+    for _ in range(12):  # new connections spread over both workers
+        r = server.http.post(
+            "/oauth2/introspect",
+            data={"token": token},
+            auth=demo.rs.auth,
+            headers={"connection": "close"},
+        )
+        assert r.json()["active"] is True
+    deadline = time.monotonic() + 5
+    while True:
+        r = server.http.get(
+            "/admin/v1/stats",
+            headers={"Authorization": f"Bearer {admin}", "connection": "close"},
+        )
+        total = r.json()["total"]
+        if total["instances"] == 2 and total["totals"]["active"] == 12:
+            break
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
+    assert sum(i["totals"]["active"] for i in r.json()["instances"]) == 12

@@ -44,6 +44,14 @@ def test_identity_header_names():
     assert "must all differ" in msg
 
 
+def test_identity_header_names_compare_as_wsgi_sees_them():
+    """X-Id and x_id are one header to a CGI/WSGI upstream (HTTP_X_ID): they must differ
+    after folding, and X_Forwarded_For is as reserved as X-Forwarded-For."""
+    msg = problems({**BASE, "identity_headers": {"subject": "X-Id", "scope": "x_ID"}})
+    assert "must all differ" in msg
+    assert "manages" in problems({**BASE, "identity_headers": {"subject": "X_Forwarded_For"}})
+
+
 def secret_file(tmp_path: Path, **section: object) -> Path:
     lines = ["[authorization_server]", 'issuer = "http://127.0.0.1:9"', 'client_id = "gw"']
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in section.items()]

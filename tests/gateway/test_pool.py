@@ -212,3 +212,63 @@ class socket_closed:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+@pytest.mark.parametrize("value", [b"a\x01b", b"a\x00b", b"a\x1bb", b"a\x7fb"])
+async def test_control_characters_in_upstream_headers_are_refused(value: bytes):
+    """A header value with a control character fails the response (llhttp refuses it), so
+    neither path ever writes one to the caller; the fast path relies on this."""
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Evil: " + value + b"\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    server, origin, _ = await serve(answer)
+    pool = UpstreamPool()
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await pool.request(b"GET", origin, b"/", [(b"host", b"u")], None, TIMEOUTS)
+    finally:
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_slots_bound_requests_in_flight():
+    """max_connections bounds requests in flight, for awaiting and immediate checkouts
+    alike; a slot freed passes to the first waiter."""
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    server, origin, _ = await serve(answer)
+    pool = UpstreamPool(max_connections=1)
+    try:
+        first = await pool.request(b"GET", origin, b"/", [(b"host", b"u")], None, TIMEOUTS)
+        assert pool.checkout_now(origin) is None  # the only slot is taken
+        waiting = asyncio.ensure_future(
+            pool.request(b"GET", origin, b"/", [(b"host", b"u")], None, TIMEOUTS)
+        )
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        async for _ in first.aiter_raw():
+            pass
+        await first.aclose()
+        second = await asyncio.wait_for(waiting, 2)
+        async for _ in second.aiter_raw():
+            pass
+        await second.aclose()
+        connection = pool.checkout_now(origin)  # idle and a free slot
+        assert connection is not None
+        assert pool.checkout_now(origin) is None
+        with pytest.raises(httpx.PoolTimeout):
+            await pool.request(
+                b"GET", origin, b"/", [(b"host", b"u")], None, {**TIMEOUTS, "pool": 0.05}
+            )
+        pool.checkin(connection)  # nothing read on it: closed, not kept
+        assert pool._slots.free == 1  # and the timed-out wait took no slot
+    finally:
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()

@@ -606,13 +606,37 @@ class TestSignIn:
         r = await self._post(other, USERNAME, PASSWORD)
         assert r.status_code == 303
 
-    async def test_throttled_per_address(self, http, web, user):
-        """After login_failures failures from one address, every username is throttled there."""
+    async def test_address_over_limit_refuses_wrong_passwords_only(self, http, web, user):
+        """After login_failures failures from one address, a wrong password for any other
+        username there gets 429 with Retry-After, but a right one still signs in: the people
+        behind one address are not locked out by someone else's failures (issue 11)."""
         for name in ("u1", "u2", "u3"):
             assert (await self._post(http, name, "wrong password")).status_code == 401
-        r = await self._post(http, USERNAME, PASSWORD)
+        r = await self._post(http, "u4", "wrong password")
         assert r.status_code == 429
         assert "retry-after" in r.headers
+
+        r = await self._post(http, USERNAME, PASSWORD)
+        assert r.status_code == 303
+        assert session_cookie(http) is not None
+
+    async def test_locked_account_does_not_lock_the_address(self, http, web, user, store, clock):
+        """A username locked by failures from one address: its right password is refused
+        there until the window ends, another person's right password from the same address
+        signs in at once, and the locked one's right password signs in after the window."""
+        await admin.create_user(store, clock, username="bob", password=PASSWORD + " bob")
+        for _ in range(LIMIT):
+            assert (await self._post(http, USERNAME, "wrong password")).status_code == 401
+        assert (await self._post(http, USERNAME, PASSWORD)).status_code == 429
+        assert session_cookie(http) is None
+
+        r = await self._post(http, "bob", PASSWORD + " bob")
+        assert r.status_code == 303
+        assert session_cookie(http) is not None
+
+        http.cookies.clear()  # signed out: the next GET shows the login form again
+        clock.advance(300)
+        assert (await self._post(http, USERNAME, PASSWORD)).status_code == 303
 
     async def test_concurrent_guesses_are_throttled_too(self, http, web, user):
         """Guesses sent at once do not slip past the throttle: each waits its turn and is
@@ -923,7 +947,9 @@ class TestSharedThrottle:
         self, db_path, store, clock, web, user, redis_url, redis_prefix
     ):
         """With redis_url, failed sign-ins on one AS process throttle the username on another
-        (login_failures per login_window, counted apart from client authentication)."""
+        (login_failures per login_window, counted apart from client authentication), and the
+        address rule holds there too: wrong passwords refused, other people's right ones not."""
+        await admin.create_user(store, clock, username="bob", password=PASSWORD + " bob")
         settings = ServerSettings(
             db=str(db_path),
             issuer=ISSUER,
@@ -955,3 +981,11 @@ class TestSharedThrottle:
                 await http_b.post(LOGOUT, data=hidden((await http_b.get(LOGOUT)).text))
                 await asyncio.sleep(0.05)
             assert r.status_code == 429
+            # The address is over its limit on B too, yet another person's right password
+            # from it signs in: only wrong passwords are refused there.
+            r = await http_b.get(LOGIN)
+            data = {**hidden(r.text), "username": "mallory", "password": "wrong password"}
+            assert (await http_b.post(LOGIN, data=data)).status_code == 429
+            r = await http_b.get(LOGIN)
+            data = {**hidden(r.text), "username": "bob", "password": PASSWORD + " bob"}
+            assert (await http_b.post(LOGIN, data=data)).status_code == 303

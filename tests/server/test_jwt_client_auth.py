@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -241,8 +242,8 @@ class TestRefused:
         assert_invalid_client(r)
 
     async def test_failures_are_throttled(self, settings, store, clock, setup):
-        """Failed assertions count towards the failed-authentication throttle: 429 with
-        Retry-After, even for a good assertion of the same client, until the window passes."""
+        """Failed assertions count like wrong secrets: past the limit a bad assertion gets
+        429 with Retry-After until the window passes, and a good one is never refused."""
         limited = settings.model_copy(update={"throttle_failures": 2})
         app = create_app(limited, store=store, clock=clock)
         transport = httpx.ASGITransport(app=app, client=("198.51.100.9", 40000))
@@ -251,12 +252,30 @@ class TestRefused:
             for _ in range(2):
                 assert_invalid_client(await token_with(h, bad.assertion("pkj-app")))
 
-            r = await token_with(h, setup.app_key.assertion("pkj-app"))
-
+            r = await token_with(h, bad.assertion("pkj-app"))
             assert r.status_code == 429
             assert int(r.headers["retry-after"]) >= 1
-            clock.advance(settings.throttle_window)
+            expired = setup.app_key.assertion("pkj-app", now=WALL - 120)
+            assert (await token_with(h, expired)).status_code == 429
             assert (await token_with(h, setup.app_key.assertion("pkj-app"))).status_code == 200
+            clock.advance(settings.throttle_window)
+            assert_invalid_client(await token_with(h, bad.assertion("pkj-app")))
+
+    async def test_claims_are_checked_before_the_signature(self, http, setup, caplog):
+        """A forged assertion whose claims could not pass anyway is refused on its claims,
+        before any signature work (a flood of them costs no cryptography), with the same
+        answer as any failure and the reason in the log."""
+        forged = ClientKey("ES256", kid=setup.app_key.kid)
+        caplog.set_level(logging.WARNING, logger="keystile")
+
+        r = await token_with(http, forged.assertion("pkj-app", aud="https://other-as.example"))
+
+        assert_invalid_client(r)
+        assert r.json()["error_description"] == "client authentication failed"
+        failed = [x for x in caplog.records if x.getMessage() == "client authentication failed"]
+        assert [x.__dict__["reason"] for x in failed] == [
+            "client assertion: aud must name this authorization server"
+        ]
 
     async def test_client_id_mismatch(self, http, setup):
         """client_id naming another client than the assertion's sub is refused (RFC 7521 §4.2)."""

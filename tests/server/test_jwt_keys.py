@@ -117,6 +117,7 @@ def ok_json(result: Result) -> Any:
 class TestKeyCommands:
     def test_create_rotate_retire(self, cli):
         """create makes a next key, rotate activates it, retire unpublishes an unused key."""
+        ok_json(cli("db", "upgrade", "--json"))
         assert ok_json(cli("key", "list", "--json")) == []
         [first] = ok_json(cli("key", "create", "--json"))
         assert (first["state"], first["alg"], first["published"]) == ("next", "ES256", True)

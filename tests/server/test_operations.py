@@ -51,6 +51,10 @@ class TestMetadata:
             "introspection_endpoint_auth_methods_supported": confidential,
             "revocation_endpoint_auth_methods_supported": methods,
             "keystile_events_endpoint": f"{ISSUER}/events",
+            # RFC 9449 §5.1 and RFC 8705 §3.3 (issue 12): DPoP always; certificate binding
+            # only with a client CA or a trusted proxy's certificate header.
+            "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "Ed25519", "RS256"],
+            "tls_client_certificate_bound_access_tokens": False,
         }
 
     async def test_endpoints_are_under_issuer(self, http, setup):

@@ -90,3 +90,69 @@ async def test_busy_pool_answers_503_then_recovers(
     r = await http.post(INTROSPECT, data={"token": token}, auth=setup.rs.auth)
     assert r.status_code == 200
     assert r.json()["active"] is True
+
+
+async def test_registration_on_postgres(
+    store: PostgresStore, pg_url: str, setup: Setup, issue_token: IssueToken
+) -> None:
+    """RFC 7591 registration with an initial access token, the registered client's token
+    introspected, RFC 7592 read, update and delete: the same answers on PostgreSQL."""
+    from keystile import registration_admin
+    from keystile.clock import FixedClock
+    from keystile.server.app import create_app
+
+    clock = FixedClock(1_800_000_000)
+    settings = ServerSettings(
+        db=pg_url,
+        issuer=ISSUER,
+        purge_interval=0,
+        registration="initial-access-token",
+        registration_scopes=["read"],
+        registration_audience=["https://api.example.test"],
+    )
+    _, iat = await registration_admin.create_initial_access_token(store, clock, uses=1)
+    app = create_app(settings, store=store, clock=clock)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER) as reg:
+        r = await reg.post(
+            "/oauth2/register",
+            json={"grant_types": ["client_credentials"], "client_name": "On PG"},
+            headers={"Authorization": f"Bearer {iat}"},
+        )
+        assert r.status_code == 201, r.text
+        got = r.json()
+        again = await reg.post(
+            "/oauth2/register",
+            json={"grant_types": ["client_credentials"]},
+            headers={"Authorization": f"Bearer {iat}"},
+        )
+        assert again.status_code == 401  # single use, spent
+        t = await reg.post(
+            TOKEN,
+            data={"grant_type": "client_credentials"},
+            auth=(got["client_id"], got["client_secret"]),
+        )
+        assert t.status_code == 200, t.text
+        seen = await reg.post(
+            INTROSPECT, data={"token": t.json()["access_token"]}, auth=setup.rs.auth
+        )
+        assert seen.json()["active"] is True
+        manage = {"Authorization": f"Bearer {got['registration_access_token']}"}
+        read = await reg.get(got["registration_client_uri"], headers=manage)
+        assert read.json()["client_name"] == "On PG"
+        put = await reg.put(
+            got["registration_client_uri"],
+            headers=manage,
+            json={
+                "client_id": got["client_id"],
+                "grant_types": ["client_credentials"],
+                "client_name": "Renamed",
+            },
+        )
+        assert put.status_code == 200, put.text
+        assert (await store.get_client(got["client_id"])).name == "Renamed"  # type: ignore[union-attr]
+        assert (await reg.delete(got["registration_client_uri"], headers=manage)).status_code == 204
+        assert await store.get_client(got["client_id"]) is None
+        gone = await reg.post(
+            INTROSPECT, data={"token": t.json()["access_token"]}, auth=setup.rs.auth
+        )
+        assert gone.json() == {"active": False}

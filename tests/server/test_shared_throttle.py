@@ -1,6 +1,7 @@
 """Failed client-authentication throttling shared through Redis, and how it degrades.
 
-Counts recorded by one AS throttle the same client id or address on every other; with
+Counts recorded by one AS throttle the same (client id, address) pair or address on every
+other, by the same rules (failures only; a verifying credential is never refused); with
 Redis down each process still throttles on its own counts, logs it and says so in /readyz;
 and a verified caller on the introspection hot path never costs a Redis command.
 """
@@ -29,6 +30,11 @@ from tests.e2e.conftest import free_port
 
 LIMIT = 3
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def _ca(client_id: str, address: str) -> str:
+    """The throttle key of a registered client's failures from one address."""
+    return f"ca:{client_id}\0{address}"
 
 
 def _throttle(app: KeystileApp) -> RedisFailureThrottle:
@@ -92,31 +98,37 @@ class TestSharedAcrossInstances:
     async def test_failures_on_one_instance_throttle_another(
         self, make_app: MakeApp, redis_url: str, setup: Setup
     ) -> None:
-        """After LIMIT failed authentications for a client id on instance A, instance B
-        answers 429 for that client id too, even with the right secret."""
+        """After LIMIT failed authentications for a client id from an address on instance
+        A, instance B answers the next failure from there 429, and the right secret 200."""
         a = await make_app(redis_url)
         b = await make_app(redis_url)
-        async with _client(a, "198.51.100.1") as http_a, _client(b, "198.51.100.2") as http_b:
+        address = "198.51.100.1"  # both instances behind one load balancer see the caller
+        async with _client(a, address) as http_a, _client(b, address) as http_b:
             assert await _fail(http_a, "rs-1", LIMIT) == [401] * LIMIT
-            await _eventually(lambda: _throttle(b).retry_after("c:rs-1") > 0)
+            await _eventually(lambda: _throttle(b).retry_after(_ca("rs-1", address)) > 0)
+            assert await _fail(http_b, "rs-1", 1) == [429]
             r = await http_b.post(INTROSPECT, data={"token": "x"}, auth=setup.rs.auth)
-            assert r.status_code == 429
-            assert int(r.headers["retry-after"]) >= 1
-            # Another client id is not affected.
-            r = await http_b.post(INTROSPECT, data={"token": "x"}, auth=setup.other_rs.auth)
             assert r.status_code == 200
+            # Another address is not affected.
+            async with _client(b, "198.51.100.2") as elsewhere:
+                assert await _fail(elsewhere, "rs-1", 1) == [401]
 
-    async def test_counts_add_up_across_instances(self, make_app: MakeApp, redis_url: str) -> None:
+    async def test_counts_add_up_across_instances(
+        self, make_app: MakeApp, redis_url: str, setup: Setup
+    ) -> None:
         """Failures spread over instances are summed: LIMIT - 1 on A and one on B throttle
-        the client id on both (per process neither would have reached LIMIT)."""
+        the (client id, address) pair on both (per process neither would have reached LIMIT)."""
         a = await make_app(redis_url)
         b = await make_app(redis_url)
-        async with _client(a, "198.51.100.1") as http_a, _client(b, "198.51.100.2") as http_b:
+        address = "198.51.100.1"
+        key = _ca("rs-1", address)
+        async with _client(a, address) as http_a, _client(b, address) as http_b:
             await _fail(http_a, "rs-1", LIMIT - 1)
-            await _eventually(lambda: _throttle(b)._counts.get("c:rs-1", (0, 0))[1] == LIMIT - 1)
+            await _eventually(lambda: _throttle(b)._counts.get(key, (0, 0))[1] == LIMIT - 1)
             await _fail(http_b, "rs-1", 1)
-            await _eventually(lambda: _throttle(a).retry_after("c:rs-1") > 0)
-            assert _throttle(b).retry_after("c:rs-1") > 0
+            await _eventually(lambda: _throttle(a).retry_after(key) > 0)
+            assert _throttle(b).retry_after(key) > 0
+            assert await _fail(http_a, "rs-1", 1) == [429]
 
     async def test_verified_callers_cost_no_redis_command(
         self, make_app: MakeApp, redis_url: str, setup: Setup, monkeypatch: pytest.MonkeyPatch
@@ -168,7 +180,7 @@ class TestRedisDown:
         self, make_app: MakeApp, setup: Setup, caplog: pytest.LogCaptureFixture
     ) -> None:
         """With Redis unreachable the AS starts at once, warns, reports it in /readyz (still
-        ready) and throttles on this process's own counts."""
+        ready) and throttles failures on this process's own counts."""
         caplog.set_level(logging.WARNING, logger="keystile")
         started = time.monotonic()
         app = await make_app(DOWN_URL)
@@ -179,8 +191,10 @@ class TestRedisDown:
             assert r.status_code == 200
             assert r.json()["redis"] == "unavailable"
             assert await _fail(http, "rs-1", LIMIT + 1) == [401] * LIMIT + [429]
+            assert await _fail(http, "rs-2", 1) == [429]  # the address is over its limit too
+            # ...but right credentials from it are never refused.
             r = await http.post(INTROSPECT, data={"token": "x"}, auth=setup.other_rs.auth)
-            assert r.status_code == 429  # the source address is over its limit too
+            assert r.status_code == 200
 
 
 @pytest.fixture
@@ -227,6 +241,7 @@ class TestRedisOutage:
         make_app: MakeApp,
         own_redis: tuple[str, Callable[[], None], Callable[[], None]],
         caplog: pytest.LogCaptureFixture,
+        setup: Setup,
     ) -> None:
         """Redis stopping is noticed and logged; while down each instance counts alone; once
         it is back, /readyz says ok and failures are shared again, without a restart."""
@@ -249,7 +264,7 @@ class TestRedisOutage:
             await _eventually(lambda: _throttle(a).state == "ok", within=5.0)
             async with _client(a, "198.51.100.3") as http_a2:  # an address not yet counted
                 assert await _fail(http_a2, "rs-2", LIMIT) == [401] * LIMIT
-            await _eventually(lambda: _throttle(b).retry_after("c:rs-2") > 0)
+            await _eventually(lambda: _throttle(b).retry_after(_ca("rs-2", "198.51.100.3")) > 0)
             r = await http_b.get("/readyz")
             assert r.json()["redis"] == "ok"
         assert any("reachable again" in r.getMessage() for r in caplog.records)

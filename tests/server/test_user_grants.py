@@ -324,6 +324,23 @@ class TestAuthorizationCode:
         body = await tokens_for(http, store, clock, flow, aud=(OTHER_API,))
         assert not await active(introspect, setup, body["access_token"])  # not for API
 
+    async def test_resource_at_the_code_exchange(self, http, store, clock, flow, setup, introspect):
+        """RFC 8707 §2.2: resource in the code's token request narrows the access token's
+        audience to part of the grant's; one outside the grant is invalid_target, not a
+        token for another audience than the client asked for."""
+        code, verifier = await authorize(store, clock, flow, aud=(API, OTHER_API))
+        r = await redeem(http, flow, code, verifier, resource=OTHER_API)
+        assert r.status_code == 200, r.text
+        access = r.json()["access_token"]
+        assert not await active(introspect, setup, access)  # only OTHER_API now
+        assert (await introspect(setup.other_rs, access)).json()["aud"] == OTHER_API
+
+        code, verifier = await authorize(store, clock, flow, aud=(API,))
+        r = await redeem(http, flow, code, verifier, resource=OTHER_API)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "invalid_target"
+        assert r.headers["cache-control"] == "no-store"
+
     async def test_jwt_access_token_for_a_user(self, http, store, clock, flow, setup, introspect):
         """RFC 9068 §2.2: sub is the user, auth_time when they signed in (§2.2.1)."""
         client = await store.get_client(flow.client_id)

@@ -108,10 +108,15 @@ async def all_events(store: Store) -> list[tuple[int, str, dict[str, object]]]:
 
 class TestLifecycle:
     async def test_open_applies_every_migration_once(self, store: Store, connect: Connect) -> None:
-        """A new database is migrated to the latest version, and opening it again is a no-op."""
+        """A new database is migrated to the latest version, and opening it again is a no-op.
+        Versions only increase; they may have gaps (numbers are handed out to work in
+        parallel, and each migration is applied by its own number)."""
         shipped = importlib.import_module(type(store).__module__).migrations()
         latest = shipped[-1][0]
-        assert [v for v, _, _ in shipped] == list(range(1, latest + 1))
+        versions = [v for v, _, _ in shipped]
+        # Numbered in order, without repeats; gaps are allowed (branches number in parallel).
+        assert versions == sorted(set(versions))
+        assert versions[0] == 1
         assert await store.schema_version() == latest
         again = await connect()
         assert await again.schema_version() == latest

@@ -8,6 +8,9 @@ from typing import Annotated, assert_type
 
 from fastapi import Depends, FastAPI
 from flask import Flask
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.fastmcp import FastMCP
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,6 +28,7 @@ from keystile.resource import (
 from keystile.resource.fastapi import BearerError, KeystileAuth, require_scopes
 from keystile.resource.flask import KeystileFlask, current_principal
 from keystile.resource.flask import require_scopes as flask_require_scopes
+from keystile.resource.mcp import KeystileTokenVerifier
 from keystile.resource.metadata import metadata_route
 from keystile.resource.middleware import BearerAuthMiddleware, principal_of
 from keystile.testing import (
@@ -154,3 +158,45 @@ def testing_helpers() -> None:
     fake.unavailable = True
     other: str = issue_test_token()
     assert_type(fake.validate(other), Principal)
+
+
+# -- MCP servers (keystile.resource.mcp) --------------------------------------------------------
+
+
+def mcp_server(validator: TokenValidator) -> object:
+    """The verifier is the mcp SDK's TokenVerifier, for a real validator or the static one."""
+    verifier = KeystileTokenVerifier(validator, resource="https://mcp.example.com/mcp")
+    protocol: TokenVerifier = verifier
+    in_tests: TokenVerifier = KeystileTokenVerifier(StaticValidator())
+    del protocol, in_tests
+    server = FastMCP(
+        "notes",
+        token_verifier=verifier,
+        auth=AuthSettings(
+            issuer_url="https://auth.example.com",
+            resource_server_url="https://mcp.example.com/mcp",
+            required_scopes=["notes:read"],
+            validate_token_resource=True,
+        ),
+    )
+    return verifier.protect(server.streamable_http_app())  # an ASGI app for uvicorn
+
+
+async def mcp_access(verifier: KeystileTokenVerifier, token: str) -> None:
+    access = await verifier.verify_token(token)
+    assert_type(access, AccessToken | None)
+
+
+# -- sender-constrained tokens (RFC 9449, RFC 8705; docs/sender-constrained.md) ---------------
+
+
+def dpop_protected(app: Starlette, validator: TokenValidator) -> BearerAuthMiddleware:
+    """An API that checks DPoP proofs and client certificates on every request."""
+    from keystile.core.dpop_state import NonceSource
+    from keystile.resource import SenderCheck
+
+    sender = SenderCheck(mode="required", max_age=60, nonces=NonceSource(b"shared secret"))
+    KeystileAuth(validator, sender=sender, origin="https://api.example.com")
+    return BearerAuthMiddleware(
+        app, validator, scopes={"orders:read"}, sender=sender, origin="https://api.example.com"
+    )

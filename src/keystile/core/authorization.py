@@ -14,12 +14,20 @@ indicators (RFC 8707) name registered resource servers only, as at the token end
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_plus, urlencode
 
 from keystile.core.issuance import requested_audience
 from keystile.core.models import Client
+from keystile.core.oidc import (
+    OidcRequestError,
+    parse_claims_request,
+    parse_max_age,
+    parse_nonce,
+    parse_prompt,
+)
 from keystile.core.pkce import S256, valid_challenge
 from keystile.core.scope import parse_scope
 from keystile.errors import InvalidScope, InvalidTarget
@@ -42,8 +50,16 @@ _KNOWN = frozenset(
         "state",
         "code_challenge",
         "code_challenge_method",
+        "nonce",
+        "prompt",
+        "max_age",
+        "login_hint",
+        "claims",
+        "dpop_jkt",
     }
 )
+
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 
 # RFC 6749 §4.1.2.1 and RFC 7636 §4.4.1 error codes.
 INVALID_REQUEST = "invalid_request"
@@ -88,6 +104,20 @@ class AuthorizationRequest:
     aud: tuple[str, ...]
     state: str | None
     code_challenge: str  # S256
+    # OpenID Connect (OIDC Core §3.1.2.1, §5.5); prompt, max_age and login_hint apply to
+    # plain OAuth requests too.
+    nonce: str | None = None
+    prompt: frozenset[str] = frozenset()
+    max_age: int | None = None
+    login_hint: str | None = None
+    claims: str = ""  # normalised (core/oidc.py); "" for none
+
+    @property
+    def openid(self) -> bool:
+        """An OpenID Connect authentication request (OIDC Core §3.1.2.1: scope openid)."""
+        return "openid" in self.scope
+
+    dpop_jkt: str | None = None  # RFC 9449 §10: the code is bound to this DPoP key
 
 
 def parse_params(text: str) -> dict[str, list[str]]:
@@ -120,6 +150,20 @@ def parse_params(text: str) -> dict[str, list[str]]:
 def encode_params(params: Params) -> str:
     """The request as a query string again, to carry it through sign-in and consent."""
     return urlencode([(k, v) for k, vs in params.items() for v in vs if v], quote_via=quote)
+
+
+def signed_in(params: Params) -> dict[str, list[str]]:
+    """The request to resume once the person has signed in: without ``login`` in its
+    ``prompt`` and without ``max_age`` (OIDC Core §3.1.2.1), which that sign-in satisfied.
+    (Kept, max_age=0 would ask again whenever the clock ticked between sign-in and resume;
+    the ID token carries auth_time either way.)"""
+    out = {k: list(v) for k, v in params.items() if k != "max_age"}
+    if "prompt" in out:
+        rest = [" ".join(p for p in v.split() if p != "login") for v in out["prompt"]]
+        out["prompt"] = [v for v in rest if v]
+        if not out["prompt"]:
+            del out["prompt"]
+    return out
 
 
 def requested_client_id(params: Params) -> str:
@@ -185,6 +229,11 @@ def validate_authorization_request(
     if not valid_challenge(challenge):
         raise fail(INVALID_REQUEST, "malformed code_challenge (RFC 7636 section 4.2)")
 
+    # RFC 9449 §10: a SHA-256 JWK thumbprint, base64url (43 characters).
+    dpop_jkt = _one(params, "dpop_jkt")
+    if dpop_jkt is not None and not _JKT.fullmatch(dpop_jkt):
+        raise fail(INVALID_REQUEST, "malformed dpop_jkt (RFC 9449 section 10)")
+
     try:
         requested = parse_scope(_one(params, "scope"))
     except InvalidScope as exc:
@@ -204,6 +253,14 @@ def validate_authorization_request(
     except InvalidTarget as exc:
         raise fail(exc.error, exc.description or exc.error) from None
 
+    try:
+        prompt = parse_prompt(_one(params, "prompt"))
+        max_age = parse_max_age(_one(params, "max_age"))
+        nonce = parse_nonce(_one(params, "nonce"))
+        claims = parse_claims_request(_one(params, "claims")) if "openid" in scope else ""
+    except OidcRequestError as exc:
+        raise fail(INVALID_REQUEST, str(exc)) from None
+
     return AuthorizationRequest(
         client=client,
         redirect_uri=redirect_uri,
@@ -211,6 +268,12 @@ def validate_authorization_request(
         aud=aud,
         state=state,
         code_challenge=challenge,
+        nonce=nonce if "openid" in scope else None,
+        prompt=prompt,
+        max_age=max_age,
+        login_hint=_one(params, "login_hint"),
+        claims=claims,
+        dpop_jkt=dpop_jkt,
     )
 
 

@@ -12,18 +12,23 @@ MAX_TOKEN_LENGTH = 8192
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    """The token in an ``Authorization: Bearer`` header; None if there is no header.
+    """The token in an ``Authorization: Bearer`` header; None if the request carries none.
 
-    A header that is present but not a well-formed bearer credential is an
+    None, too, for an empty header, one with another scheme, or ``Bearer`` with nothing
+    after it: the request lacks any authentication information, which RFC 6750 §3.1 answers
+    with a bare challenge. A bearer credential that is not well formed is an
     ``invalid_request`` (RFC 6750 §3.1).
     """
     if authorization is None:
         return None
     scheme, _, token = authorization.strip().partition(" ")
+    # Auth schemes are case-insensitive (RFC 9110 §11.1).
     if scheme.lower() != "bearer":
-        raise InvalidRequest("the Authorization header must use the Bearer scheme")
+        return None
     token = token.strip()
-    if not token or len(token) > MAX_TOKEN_LENGTH or not _B64TOKEN.fullmatch(token):
+    if not token:
+        return None
+    if len(token) > MAX_TOKEN_LENGTH or not _B64TOKEN.fullmatch(token):
         raise InvalidRequest("malformed bearer token")
     return token
 

@@ -30,7 +30,7 @@ from joserfc.jwk import KeySet
 from keystile.core.client_auth import invalid_client
 from keystile.core.models import Client
 from keystile.core.signing_keys import jws_registry
-from keystile.errors import InvalidRequest
+from keystile.errors import InvalidClient, InvalidRequest
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 MAX_LIFETIME = 300  # seconds an assertion may still be valid when we receive it
@@ -61,6 +61,8 @@ class ClientAssertion:
 
     client_id: str
     value: str = field(repr=False)
+    payload: bytes = field(repr=False, default=b"")  # as sent, not verified yet
+    claims: dict[str, Any] = field(repr=False, default_factory=dict)  # parsed from payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,8 @@ def extract_assertion(authorization: str | None, form: dict[str, str]) -> Client
     if len(value) > MAX_ASSERTION_LENGTH or value.count(".") != 2:
         raise invalid_client("client_assertion is not a signed JWT")
     try:
-        claims = orjson.loads(jws.extract_compact(value.encode("ascii")).payload)
+        payload = jws.extract_compact(value.encode("ascii")).payload
+        claims = orjson.loads(payload)
     except (JoseError, ValueError, UnicodeError):
         raise invalid_client("client_assertion is not a signed JWT") from None
     if not isinstance(claims, dict):
@@ -102,7 +105,7 @@ def extract_assertion(authorization: str | None, form: dict[str, str]) -> Client
     if given is not None and given != client_id:
         # RFC 7521 §4.2: client_id, when present, must name the client the assertion is for.
         raise invalid_client("client_id differs from the client assertion's subject")
-    return ClientAssertion(client_id, value)
+    return ClientAssertion(client_id, value, payload, claims)
 
 
 def parse_client_jwks(text: str) -> KeySet:
@@ -138,19 +141,41 @@ def verify_assertion(
     audiences: frozenset[str],
     now: int,
 ) -> VerifiedAssertion:
-    """Check signature and claims (RFC 7523 §3); InvalidClient with a reason otherwise.
+    """Check claims and signature (RFC 7523 §3); InvalidClient otherwise.
+
+    The claims are checked first, on the payload as sent: no cryptography is spent on an
+    assertion that could not pass anyway (wrong ``iss``/``sub``/``aud``, expired, no
+    ``jti``...). Then one signature verification, with the key ``kid`` names (or the only
+    key), and the signed payload must be the very payload checked.
 
     Replay is the caller's check: it records the returned ``jti`` until ``exp``.
     """
     try:
+        result = check_assertion_claims(
+            assertion.claims, client.client_id, audiences=audiences, now=now
+        )
+    except InvalidClient as exc:
+        # Nothing is verified yet, so the sender need not be the client: the same answer as
+        # for an unknown client or a bad signature (the reason is the exception's cause, for
+        # the log).
+        raise invalid_client() from exc
+    try:
         verified = jws.deserialize_compact(assertion.value, keys, registry=_REGISTRY)
-        claims: Any = orjson.loads(verified.payload)
     except (JoseError, ValueError, LookupError, TypeError):
         # Same answer as for an unknown client: nothing learned about what exists.
         raise invalid_client() from None
+    if verified.payload != assertion.payload:  # the same compact value: never differs
+        raise invalid_client()
+    return result
+
+
+def check_assertion_claims(
+    claims: Any, client_id: str, *, audiences: frozenset[str], now: int
+) -> VerifiedAssertion:
+    """The claim rules of RFC 7523 §3 for ``client_id``; checks no signature."""
     if not isinstance(claims, dict):
         raise invalid_client()
-    if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id:
+    if claims.get("iss") != client_id or claims.get("sub") != client_id:
         raise invalid_client("client assertion: iss and sub must both be the client id")
     aud = claims.get("aud")
     given = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
@@ -172,7 +197,7 @@ def verify_assertion(
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 255:
         raise invalid_client("client assertion: jti is required, to refuse replays")
-    return VerifiedAssertion(client.client_id, jti, int(exp))
+    return VerifiedAssertion(client_id, jti, int(exp))
 
 
 def _is_time(value: object) -> TypeGuard[int | float]:

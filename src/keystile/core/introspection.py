@@ -18,6 +18,28 @@ def may_see(caller: ResourceServer, record: TokenRecord) -> bool:
     return "owner" in rules and record.client_id in caller.introspection_clients
 
 
+def confirmation(record: TokenRecord) -> dict[str, str] | None:
+    """The ``cnf`` claim of a bound token (RFC 7800 §3.1): ``jkt`` for DPoP (RFC 9449 §6.1),
+    ``x5t#S256`` for a certificate (RFC 8705 §3.1); None for a bearer token."""
+    if record.cnf_jkt is None and record.cnf_x5t is None:
+        return None
+    cnf: dict[str, str] = {}
+    if record.cnf_jkt is not None:
+        cnf["jkt"] = record.cnf_jkt
+    if record.cnf_x5t is not None:
+        cnf["x5t#S256"] = record.cnf_x5t
+    return cnf
+
+
+def token_type(record: TokenRecord) -> str:
+    """``token_type`` at introspection: ``DPoP`` for a DPoP-bound access token (RFC 9449
+    §6.2), ``Bearer`` for others (a certificate-bound token is still a Bearer token, RFC 8705
+    §3), ``refresh_token`` for refresh tokens."""
+    if record.kind != "access_token":
+        return "refresh_token"
+    return "DPoP" if record.cnf_jkt is not None else "Bearer"
+
+
 def introspection_response(
     record: TokenRecord | None, *, caller: ResourceServer, now: int, issuer: str
 ) -> dict[str, Any]:
@@ -29,11 +51,16 @@ def introspection_response(
     if record is None or not record.is_active(now) or not may_see(caller, record):
         return {"active": False}  # a fresh dict: callers may add to what they get
     allowed = caller.claims
+    cnf = confirmation(record)
+    if cnf is not None and "cnf" not in allowed:
+        # A resource server that may not see the binding cannot check it, and would take a
+        # copied token for a bearer one: to it, a bound token is inactive (fail closed).
+        return {"active": False}
     full: dict[str, Any] = {
         "scope": format_scope(record.scope) if record.scope else None,
         "client_id": record.client_id,
         "username": record.username,
-        "token_type": "Bearer" if record.kind == "access_token" else "refresh_token",
+        "token_type": token_type(record),
         "exp": record.exp,
         "iat": record.iat,
         "nbf": record.nbf,
@@ -42,6 +69,7 @@ def introspection_response(
         "aud": (record.aud[0] if len(record.aud) == 1 else list(record.aud)) or None,
         "iss": issuer,
         "jti": record.jti,
+        "cnf": cnf,
     }
     body: dict[str, Any] = {"active": True}
     for name, value in full.items():

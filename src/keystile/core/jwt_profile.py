@@ -14,6 +14,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, Key
 
+from keystile.core.introspection import confirmation
 from keystile.core.models import TokenRecord
 from keystile.core.scope import format_scope
 from keystile.core.signing_keys import SIGNING_ALGS, KeyRing, Signer, jws_registry
@@ -63,6 +64,9 @@ def access_token_claims(
         claims["scope"] = format_scope(record.scope)  # §2.2.3: space-delimited, as in §3.3
     if auth_time is not None:
         claims["auth_time"] = auth_time
+    cnf = confirmation(record)
+    if cnf is not None:
+        claims["cnf"] = cnf  # RFC 9449 §6.1, RFC 8705 §3.1
     return claims
 
 

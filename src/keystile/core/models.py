@@ -40,7 +40,9 @@ TOKEN_FORMATS: tuple[TokenFormat, ...] = ("opaque", "jwt")
 IntrospectionResponse = Literal["json", "jwt", "jwt-required"]
 INTROSPECTION_RESPONSES: tuple[IntrospectionResponse, ...] = ("json", "jwt", "jwt-required")
 
-# The claims RFC 7662 §2.2 defines besides `active`; the default allow-list.
+# The claims RFC 7662 §2.2 defines besides `active`, and `cnf` (RFC 9449 §6.2, RFC 8705
+# §3.2: the key a sender-constrained token is bound to); the default allow-list. A bound
+# token is inactive for a resource server that may not see `cnf` (core/introspection.py).
 RFC7662_CLAIMS: tuple[str, ...] = (
     "scope",
     "client_id",
@@ -53,6 +55,7 @@ RFC7662_CLAIMS: tuple[str, ...] = (
     "aud",
     "iss",
     "jti",
+    "cnf",
 )
 
 
@@ -78,6 +81,15 @@ class Client:
     # grant: no refresh token of it outlives created_at + max), in seconds.
     refresh_token_ttl: int = 14 * 86400
     refresh_token_max_ttl: int = 30 * 86400
+    # OpenID Connect (docs/oidc.md): the JWS algorithm of its ID tokens (OIDC Registration
+    # §2; None: the active signing key's), where RP-initiated logout may send the browser
+    # back to (matched exactly; RP-Initiated Logout §3.1), and whether that logout also
+    # revokes the client's grants for the user.
+    id_token_signed_response_alg: str | None = None
+    post_logout_redirect_uris: tuple[str, ...] = ()
+    logout_revokes_grants: bool = False
+    # RFC 9449 §5: token requests without a DPoP proof are refused (--require-dpop).
+    require_dpop: bool = False
 
     @property
     def is_public(self) -> bool:
@@ -102,6 +114,7 @@ class ResourceServer:
 #   active  - signs new tokens and introspection responses; exactly one at a time
 #   retired - signs nothing (its private part is gone); published until not_after
 SigningKeyState = Literal["next", "active", "retired"]
+SigningKeyUse = Literal["all", "id_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,10 @@ class SigningKey:
     activated_at: int | None = None
     retired_at: int | None = None
     not_after: int = 0  # a retired key is published while now < not_after
+    # "all": the key (the one active key) signs access tokens, introspection answers and
+    # ID tokens; "id_token": it signs only ID tokens of its algorithm, for clients that ask
+    # for another algorithm than the active key's (OIDC Registration §2).
+    use_for: SigningKeyUse = "all"
 
     def is_published(self, now: int) -> bool:
         return self.state != "retired" or now < self.not_after
@@ -134,6 +151,12 @@ class User:
     enabled: bool
     created_at: int
     updated_at: int
+    roles: frozenset[str] = frozenset()  # "admin": the admin console and API (docs/admin.md)
+    # Standard claims (OIDC Core §5.1) for the profile and email scopes; None: not set.
+    name: str | None = None
+    preferred_username: str | None = None
+    email: str | None = None
+    email_verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +184,8 @@ class Grant:
     auth_time: int
     expires_at: int  # absolute lifetime: no refresh token of this grant lives past it
     revoked_at: int | None = None
+    # The claims request parameter (OIDC Core §5.5), normalised (core/oidc.py); "" for none.
+    claims: str = ""
 
     def is_live(self, now: int) -> bool:
         return self.revoked_at is None and now < self.expires_at
@@ -179,6 +204,9 @@ class AuthorizationCode:
     created_at: int
     expires_at: int
     used_at: int | None = None
+    nonce: str | None = None  # OIDC Core §3.1.2.1: echoed in the ID token
+    # RFC 9449 §10: the DPoP key thumbprint the authorization request named (dpop_jkt).
+    dpop_jkt: str | None = None
 
 
 @dataclass(slots=True)
@@ -203,7 +231,45 @@ class TokenRecord:
     username: str | None = None
     grant_id: str | None = None
     revoked_at: int | None = None
+    # Sender constraint (RFC 9449 §6, RFC 8705 §3.1): the RFC 7638 thumbprint of the DPoP
+    # key, or the SHA-256 thumbprint of the client certificate; None for a bearer token.
+    cnf_jkt: str | None = None
+    cnf_x5t: str | None = None
 
     def is_active(self, now: int) -> bool:
         # Expired the moment `exp` is reached (RFC 7519 §4.1.4: "on or after").
         return self.revoked_at is None and self.nbf <= now < self.exp
+
+
+# How a client came to be (docs/registration.md): made by an operator (the CLI), registered
+# over HTTP (RFC 7591) with an initial access token or under the open policy, or known by
+# its client ID metadata document (draft-ietf-oauth-client-id-metadata-document).
+RegistrationMethod = Literal["initial-access-token", "open", "metadata-document"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRegistration:
+    """What dynamic registration (RFC 7591) adds to a client: how and when it registered,
+    its registration access token (RFC 7592 §3; SHA-256 only), the metadata it registered
+    (JSON, echoed in RFC 7591 §3.2.1 / RFC 7592 §3 answers), and when it was first used
+    (a token issued; None: never, and an open registration then expires)."""
+
+    client_id: str
+    method: RegistrationMethod
+    registered_at: int
+    access_token_hash: bytes = field(repr=False)
+    metadata: str
+    used_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InitialAccessToken:
+    """An operator-made credential for the registration endpoint (RFC 7591 §3): stored as
+    SHA-256, good until ``expires_at`` and for ``uses_left`` registrations (None: any)."""
+
+    token_id: str
+    token_hash: bytes = field(repr=False)
+    created_at: int
+    expires_at: int
+    uses_left: int | None = None
+    description: str = ""

@@ -175,14 +175,43 @@ class KeyRing:
             self._public[k.kid] = (k, _import(json.loads(k.public_jwk)))
         self._registries: dict[str, JWSRegistry] = {a: jws_registry([a]) for a in SIGNING_ALGS}
         self._signer: Signer | None = None
+        self._id_token_signers: dict[str, Signer] = {}
         self.verified: dict[bytes, str] = {}  # token digest -> kid
 
     @property
     def active(self) -> SigningKey | None:
+        """The active key: it signs access tokens, introspection answers and ID tokens."""
         for k in self.keys:
-            if k.state == "active":
+            if k.state == "active" and k.use_for == "all":
                 return k
         return None
+
+    def id_token_key(self, alg: str) -> SigningKey | None:
+        """The key that signs ID tokens with ``alg``: the active key if it is of that
+        algorithm, else the active ID-token key of ``alg`` (OIDC Registration §2)."""
+        active = self.active
+        if active is not None and active.alg == alg:
+            return active
+        for k in self.keys:
+            if k.state == "active" and k.use_for == "id_token" and k.alg == alg:
+                return k
+        return None
+
+    def id_token_signer(self, alg: str) -> Signer | None:
+        """``id_token_key(alg)`` with its private part decrypted (once per key)."""
+        key = self.id_token_key(alg)
+        if key is None or key.private_jwk_enc is None:
+            return None
+        if key is self.active:
+            return self.signer()
+        found = self._id_token_signers.get(key.kid)
+        if found is None:
+            private = json.loads(
+                decrypt_private_jwk(key.private_jwk_enc, kek=self._kek, kid=key.kid)
+            )
+            found = Signer(key.kid, key.alg, _import(private), self._registries[key.alg])
+            self._id_token_signers[key.kid] = found
+        return found
 
     def signer(self) -> Signer | None:
         """The active key with its private part decrypted (once), or None if there is none."""
@@ -205,7 +234,20 @@ class KeyRing:
 
     def signing_algs(self) -> list[str]:
         """The algorithms of the keys that sign now or will next (for metadata)."""
-        return sorted({k.alg for k in self.keys if k.state in ("active", "next")})
+        return sorted(
+            {k.alg for k in self.keys if k.state in ("active", "next") and k.use_for == "all"}
+        )
+
+    def id_token_algs(self) -> list[str]:
+        """The algorithms ID tokens can be signed with (OIDC Discovery §3): the active key's
+        first, then every other one an ID-token key can be made for (with a KEK) or exists."""
+        active = self.active
+        if active is None:
+            return []
+        others = {k.alg for k in self.keys if k.state == "active" and k.use_for == "id_token"}
+        if self._kek is not None:
+            others.update(SIGNING_ALGS)
+        return [active.alg, *(a for a in SIGNING_ALGS if a in others and a != active.alg)]
 
     def verification_key(self, kid: object, alg: object, now: int) -> tuple[Key, JWSRegistry]:
         """The published key named ``kid``, if its algorithm is ``alg``; else LookupError."""

@@ -6,7 +6,8 @@ the checksum is the CRC-32 of prefix and random part in base64url (6 chars carry
 bits). The prefix lets secret
 scanners match our tokens; the checksum lets the server reject garbage and typos before
 any I/O. Neither adds secrecy: the 256 random bits do that. Client secrets use the same
-scheme with kind ``cs``.
+scheme with kind ``cs``; initial and registration access tokens (RFC 7591, RFC 7592)
+kinds ``ia`` and ``ra``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ _KIND_PREFIX: dict[str, str] = {
     "refresh_token": "ks_rt_",
     "authorization_code": "ks_ac_",
     "client_secret": "ks_cs_",
+    # RFC 7591 §3 / RFC 7592 §3: bearer tokens of the registration endpoint only.
+    "initial_access_token": "ks_ia_",
+    "registration_access_token": "ks_ra_",
 }
 _PREFIX_KIND: dict[str, str] = {v: k for k, v in _KIND_PREFIX.items()}
 _RANDOM_BYTES = 32  # 256 bits (RFC 6749 §10.10 asks for at least 128)
@@ -60,6 +64,16 @@ def new_authorization_code() -> str:
 def new_client_secret() -> str:
     """A server-generated client secret with 256 bits of entropy."""
     return _generate("client_secret")
+
+
+def new_initial_access_token() -> str:
+    """An initial access token (RFC 7591 §3): lets its holder register clients."""
+    return _generate("initial_access_token")
+
+
+def new_registration_access_token() -> str:
+    """A registration access token (RFC 7592 §3): manages one registered client."""
+    return _generate("registration_access_token")
 
 
 def token_kind(value: str) -> str | None:

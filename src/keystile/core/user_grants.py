@@ -46,9 +46,10 @@ def check_code(
         raise InvalidGrant(BAD_CODE)
 
 
-def refresh_shape(grant: Grant, *, requested_scope: str | None, resources: list[str]) -> TokenShape:
-    """The access token a refresh may get: the grant's scope and audience, or less of
-    them when asked (RFC 6749 §6 down-scoping; RFC 8707 §2.2 ``resource`` on refresh)."""
+def token_shape(grant: Grant, *, requested_scope: str | None, resources: list[str]) -> TokenShape:
+    """The access token a code exchange or a refresh may get: the grant's scope and audience,
+    or less of them when asked (RFC 6749 §6 down-scoping; RFC 8707 §2.2 ``resource`` in the
+    token request)."""
     scope = grant.scope
     if requested_scope is not None:
         scope = parse_scope(requested_scope)

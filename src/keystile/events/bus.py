@@ -74,6 +74,15 @@ class EventBus:
         self._task: asyncio.Task[None] | None = None
         self._pushed = False
 
+    @property
+    def subscriber_count(self) -> int:
+        """Event-stream subscribers in this process now (the admin dashboard shows it)."""
+        return len(self._subscribers)
+
+    async def lag(self) -> int:
+        """Events in the store's log that this process has not fanned out yet."""
+        return max(0, await self.store.latest_event_id() - self.last_id)
+
     async def start(self) -> None:
         self.last_id = await self.store.latest_event_id()
         listen: Callable[[Callable[[], None]], Any] | None = getattr(

@@ -63,6 +63,11 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
+def _folded(name: str) -> str:
+    """A header name as CGI/WSGI upstreams see it: case and ``_``/``-`` do not count."""
+    return name.lower().replace("_", "-")
+
+
 def _http_url(value: str, *, what: str, allow_path: bool = True) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -114,14 +119,35 @@ class ListenSection(_Section):
     port: int = Field(8080, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # RFC 8705 §3 when the gateway terminates TLS: ask callers for a certificate verified
+    # against this CA, for certificate-bound tokens.
+    tls_client_ca: Path | None = None
     allow_insecure_http: bool = False
     realm: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    # RFC 8705 §3 behind a proxy that terminates TLS: the header carrying the client
+    # certificate (URL-escaped PEM as nginx's $ssl_client_escaped_cert, base64 DER as
+    # Traefik's passTLSClientCert, or Envoy's x-forwarded-client-cert); believed only from
+    # trusted_proxies, and at the forward-auth endpoint.
+    certificate_header: str | None = None
+    # DPoP at the gateway (RFC 9449 §7, §9, §11.1): how old a proof may be, server nonces
+    # (every gateway instance needs the same secret), and a Redis shared by all instances
+    # so that a proof is accepted once by all of them.
+    dpop_max_age: int = Field(60, ge=5, le=600)
+    dpop_nonce: bool = False
+    dpop_nonce_secret: SecretStr | None = None
+    dpop_replay_redis: str | None = None
     forward_auth_path: str | None = "/_keystile/auth"
     metrics_path: str | None = "/metrics"
     health_path: str | None = "/healthz"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    # Answer bodiless requests whose token is a cache hit below ASGI (gateway/fastpath.py,
+    # decision 0009); false serves everything through the ASGI app (the benchmark baseline).
+    fast_path: bool = True
+    # Gateway processes sharing the listening socket, each with its own cache and its own
+    # subscription to the revocation event stream (`keystile gateway --workers`).
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("forward_auth_path", "metrics_path", "health_path")
     @classmethod
@@ -145,6 +171,8 @@ class ListenSection(_Section):
     def _check_tls(self) -> ListenSection:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (the gateway's TLS)")
         return self
 
 
@@ -211,15 +239,16 @@ class IdentityHeaders(_Section):
     def _check_name(cls, value: str) -> str:
         if not _TOKEN.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid header name")
-        if value.lower() in _RESERVED_HEADERS:
+        if _folded(value) in _RESERVED_HEADERS:
             raise ValueError(f"{value!r} is a header the gateway manages; pick another name")
         return value
 
     @model_validator(mode="after")
     def _distinct(self) -> IdentityHeaders:
-        names = [n.lower() for n in self.names]
+        # Compared as CGI/WSGI see them: X-User and x_user are one header there.
+        names = [_folded(n) for n in self.names]
         if len(set(names)) != len(names):
-            raise ValueError("identity header names must all differ")
+            raise ValueError("identity header names must all differ (with '_' read as '-')")
         return self
 
     @property
@@ -247,6 +276,8 @@ class RouteConfig(_Section):
     forward_token: bool = True
     timeout: float | None = Field(None, gt=0, le=3600)
     phantom_token: bool = False
+    # RFC 9449 / RFC 8705: bound tokens are always checked; "required" refuses unbound ones.
+    sender_constrained: Literal["if_bound", "required"] = "if_bound"
 
     @field_validator("host")
     @classmethod

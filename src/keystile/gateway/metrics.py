@@ -43,8 +43,9 @@ class _ValidatorCollector(Collector):
             "keystile_gateway_event_stream_connected",
             "1 while the revocation event stream is live, 0 otherwise (-1: events off).",
         )
-        state = v.cache.stream_connected
-        connected.add_metric([], -1.0 if state is None else float(state))
+        # 0 also before the first connection (the AS not reachable yet): events are on.
+        state = -1.0 if not v.events_enabled else float(bool(v.cache.stream_connected))
+        connected.add_metric([], state)
         yield connected
         evictions = CounterMetricFamily(
             "keystile_gateway_cache_evictions", "Cache entries dropped by revocation events."
@@ -54,6 +55,23 @@ class _ValidatorCollector(Collector):
         entries = GaugeMetricFamily("keystile_gateway_cache_entries", "Entries in the cache.")
         entries.add_metric([], float(len(v.cache)))
         yield entries
+
+
+class _FastCollector(Collector):
+    """How many requests the fast path answered, kept as plain ints (no lock per request)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        fast = CounterMetricFamily(
+            "keystile_gateway_fast_answers",
+            "Requests the fast path answered without ASGI, by mode (proxy or forward_auth).",
+            labels=["mode"],
+        )
+        fast.add_metric(["proxy"], float(self.metrics.fast_proxy))
+        fast.add_metric(["forward_auth"], float(self.metrics.fast_forward_auth))
+        yield fast
 
 
 class GatewayMetrics:
@@ -96,6 +114,9 @@ class GatewayMetrics:
         self.introspect_realtime = self.introspection.labels("realtime")
         self._requests: dict[tuple[str, str, str], Counter] = {}
         self._upstream: dict[str, Histogram] = {}
+        self.fast_proxy = 0  # fast-path answers (gateway/fastpath.py)
+        self.fast_forward_auth = 0
+        self.registry.register(_FastCollector(self))
 
     def watch(self, validator: TokenValidator) -> None:
         self.registry.register(_ValidatorCollector(validator))

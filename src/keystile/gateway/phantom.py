@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from keystile.errors import IntrospectionUnavailable, InvalidToken
+from keystile.errors import IntrospectionUnavailable, InvalidToken, SignedAnswersUnavailable
 from keystile.resource.cache import cache_key
 from keystile.resource.principal import Principal
 
@@ -104,13 +104,17 @@ class PhantomTokens:
         except httpx.HTTPError as exc:
             raise IntrospectionUnavailable(f"introspection failed: {type(exc).__name__}") from exc
         media = r.headers.get("content-type", "").split(";")[0].strip().lower()
-        if r.status_code != 200 or media != JWT_MEDIA_TYPE:
+        if r.status_code != 200:
+            raise IntrospectionUnavailable(f"introspection answered {r.status_code}")
+        if media != JWT_MEDIA_TYPE:
+            # The AS answered, in plain JSON: its resource server for our client is not set
+            # to sign (keystile: `resource update … --introspection-response jwt`).
             log.error(
                 "no signed introspection answer (RFC 9701) for a phantom_token route: set the "
                 "resource server's introspection response to jwt at the AS",
                 extra={"status": r.status_code, "content_type": media},
             )
-            raise IntrospectionUnavailable("the AS gave no signed introspection answer")
+            raise SignedAnswersUnavailable("the AS gave no signed introspection answer")
         jws = r.text.strip()
         try:
             answer = _claims(jws).get("token_introspection")

@@ -3,7 +3,10 @@
 ``Authorizer.decide(route, method, authorization)`` answers with a ``Decision``: allowed (with
 the token's Principal, or none on a public route), or refused with the error to render. The
 order of checks is fixed: method, then credentials (400/401), then the token (401, or 503 when
-the authorization server cannot say), then audience (401) and scopes (403).
+the authorization server cannot say), then the sender (401: a DPoP proof or client
+certificate for a bound token, RFC 9449 §7, RFC 8705 §3; the route's ``sender_constrained``),
+then audience (401) and scopes (403). The sender is checked on every request, cached answer
+or not.
 
 When the AS cannot answer, a route with ``on_unavailable = "stale"`` may still pass a token the
 gateway saw active less than ``stale_max_age`` seconds ago, never past its ``exp``, and never
@@ -18,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from keystile.core.bearer import bearer_token
+from keystile.core.dpop_scheme import access_credentials
+from keystile.core.dpop_state import MemoryReplayCache, NonceSource
 from keystile.errors import (
     InsufficientScope,
     IntrospectionUnavailable,
@@ -29,6 +33,8 @@ from keystile.errors import (
 from keystile.resource.cache import MISS, cache_key
 from keystile.resource.middleware import MissingToken
 from keystile.resource.principal import Principal
+from keystile.resource.replay import SharedReplayCache
+from keystile.resource.sender import SENDER_MODES, SenderCheck, SenderRefused, confirmation
 
 if TYPE_CHECKING:
     from keystile.gateway.config import IdentityHeaders
@@ -65,6 +71,8 @@ def refused(error: Refusal) -> Decision:
     outcome = {
         "invalid_request": "bad_request",
         "invalid_token": "unauthorized",
+        "invalid_dpop_proof": "unauthorized",
+        "use_dpop_nonce": "unauthorized",
         "insufficient_scope": "forbidden",
     }.get(error.error, "refused")
     return Decision(outcome, error=error)
@@ -73,14 +81,45 @@ def refused(error: Refusal) -> Decision:
 class Authorizer:
     """Applies a route's policy with the SDK's validator (cache, single-flight, events)."""
 
-    def __init__(self, validator: TokenValidator, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        validator: TokenValidator,
+        metrics: GatewayMetrics,
+        *,
+        dpop_max_age: int = 60,
+        nonces: NonceSource | None = None,
+        shared_replay: SharedReplayCache | None = None,
+    ) -> None:
         self.validator = validator
         self.cache = validator.cache
         self.metrics = metrics
+        # One check per route mode, one replay cache for all: a proof is used once here.
+        replay = MemoryReplayCache()
+        self.senders = {
+            mode: SenderCheck(
+                mode=mode,
+                max_age=dpop_max_age,
+                replay_cache=replay,
+                shared_replay=shared_replay,
+                nonces=nonces,
+            )
+            for mode in SENDER_MODES
+        }
 
     async def decide(
-        self, route: Route, method: str, authorization: str | None, *, repeated: bool = False
+        self,
+        route: Route,
+        method: str,
+        authorization: str | None,
+        *,
+        repeated: bool = False,
+        proof: str | None = None,
+        proofs: int = 0,
+        url: str = "",
+        certificate_x5t: str | None = None,
     ) -> Decision:
+        """``proof``/``proofs``: the DPoP header and how many were sent; ``url``: the URL the
+        caller used (``htu``, RFC 9449 §4.3), without query."""
         if not route.allows_method(method):
             return METHOD_NOT_ALLOWED
         if route.config.public:
@@ -88,11 +127,23 @@ class Authorizer:
         try:
             if repeated:
                 raise InvalidRequest("more than one Authorization header")
-            token = bearer_token(authorization)
-            if token is None:
+            credentials = access_credentials(authorization)
+            if credentials is None:
                 raise MissingToken()
+            scheme, token = credentials
             principal, stale = await self._principal(route, token)
             config = route.config
+            if proofs > 1:
+                raise SenderRefused("send one DPoP header")  # RFC 9449 §4.3 item 1
+            await self.senders[config.sender_constrained].acheck(
+                principal,
+                scheme=scheme,
+                token=token,
+                proof=proof,
+                method=method,
+                url=url,
+                certificate_x5t=certificate_x5t,
+            )
             if config.audience is not None and config.audience not in principal.aud:
                 raise InvalidToken("the access token is not meant for this resource")
             if route.scopes:
@@ -107,6 +158,51 @@ class Authorizer:
         except (OAuthError, IntrospectionUnavailable) as exc:
             return refused(exc)
         return Decision("stale" if stale else "allowed", principal, token=token)
+
+    def decide_now(self, route: Route, method: str, authorization: str | None) -> Decision | None:
+        """The decision ``decide`` would reach when it needs no I/O and allows the request:
+        a public route, or a bearer token that is a cache hit, not sender-constrained
+        (no ``cnf``, the route not ``required``), with the route's audience and scopes.
+        None otherwise: anything to await, refuse or explain goes to ``decide``, which then
+        decides it from the start. The caller must have seen one ``Authorization`` header
+        and no ``DPoP`` header, and counts the cache hit (``metrics.cache_hit``) of an
+        ``allowed`` decision it acts on."""
+        if not route.allows_method(method):
+            return None
+        config = route.config
+        if config.public:
+            return PUBLIC
+        if config.realtime or authorization is None:
+            return None
+        try:
+            credentials = access_credentials(authorization)
+        except OAuthError:
+            return None
+        if credentials is None or credentials[0] != "bearer":
+            return None
+        token = credentials[1]
+        found = self.cache.get(cache_key(token))
+        if not isinstance(found, Principal):
+            return None
+        try:
+            jkt, x5t = confirmation(found)
+        except SenderRefused:
+            return None
+        # A bound token, or a route that needs one, goes through the full sender check.
+        if jkt is not None or x5t is not None or config.sender_constrained != "if_bound":
+            return None
+        if config.audience is not None and config.audience not in found.aud:
+            return None
+        if route.scopes:
+            granted = found.scopes
+            if config.scope_match == "all":
+                if not granted.issuperset(route.scopes):
+                    return None
+            elif granted.isdisjoint(route.scopes):
+                return None
+        # Not counted as a cache hit here: the caller counts it once it answers (it may still
+        # hand the request to the full path, which counts its own lookup).
+        return Decision("allowed", found, token=token)
 
     async def _principal(self, route: Route, token: str) -> tuple[Principal, bool]:
         key = cache_key(token)

@@ -9,6 +9,10 @@ add cancel scopes and locks per read and write. Here a request takes the most re
 idle connection to its origin or opens one, writes the head in one call, streams the body
 (as given, or chunked), and gives the connection back when the response is complete.
 
+The gateway's fast path (``fastpath.py``) uses the same connections without a task:
+``checkout_now`` hands it an idle connection (or None), and a ``listener`` set on the
+connection hears of the response head, its end or a failure from the protocol callbacks.
+
 Bodies stream both ways with backpressure: the request body is written as it is produced,
 waiting while the socket's buffer is full; the response body is read only as fast as the
 caller consumes it (the transport pauses reading beyond a small queue). Errors are httpx's
@@ -23,7 +27,7 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 import httpx
@@ -32,6 +36,56 @@ Origin = tuple[bytes, bytes, int]
 
 _HIGH_WATER = 4  # response chunks queued before the socket stops being read
 _EOF = b""
+
+
+class Listener(Protocol):
+    """Told by a connection's callbacks what its response does (the fast path's relay)."""
+
+    def upstream_head(self) -> None: ...
+    def upstream_complete(self) -> None: ...
+    def upstream_failed(self) -> None: ...
+
+
+class _Slots:
+    """How many requests may be in flight upstream (``max_connections``): an
+    ``asyncio.Semaphore`` that can also be taken without awaiting (``take_now``)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take_now(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self, wait: float | None) -> None:
+        if self.take_now():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            async with asyncio.timeout(wait):
+                await future
+        except BaseException as exc:
+            if future.done() and not future.cancelled():
+                self.release()  # handed a slot just as the wait ended: give it back
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(future)
+            if isinstance(exc, TimeoutError):
+                raise httpx.PoolTimeout("no upstream connection free in time") from exc
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the slot passes straight to the first waiter
+                return
+        self.free += 1
 
 
 def origin_of(url: httpx.URL) -> Origin:
@@ -48,18 +102,24 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = False
         self.expires = 0.0
+        self.listener: Listener | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._writable = asyncio.Event()
         self._writable.set()
+        self.head_done = asyncio.Event()
+        self.readable = asyncio.Event()
+        self.chunks: collections.deque[bytes] = collections.deque()
         self._reset()
 
     def _reset(self) -> None:
+        # Between two requests nobody waits on the events, and the last body was read.
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_done = asyncio.Event()
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.readable = asyncio.Event()
+        self.head_done.clear()
+        self.chunks.clear()
+        self.readable.clear()
         self.complete = False
+        self.length: int | None = None
         self.started = False  # any response byte seen
         self.error: Exception | None = None
         self._paused = False
@@ -109,11 +169,23 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             return
         self.status = status
-        framed = any(
-            n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self.headers
-        )
+        length: int | None = None
+        framed = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                framed = True
+                with contextlib.suppress(ValueError):
+                    length = int(value)
+            elif lower == b"transfer-encoding":
+                framed = True
+                length = None  # chunked wins (RFC 9112 §6.3); llhttp refuses both anyway
+                break
+        self.length = length  # the body's length when Content-Length frames it
         self._read_until_close = not framed
         self.head_done.set()
+        if self.listener is not None:
+            self.listener.upstream_head()
         if self.head_only or status in (204, 304):
             # No body follows, whatever the headers say (RFC 9112 §6.3); llhttp cannot be
             # told a response answers HEAD, so the connection is not reused after one.
@@ -125,7 +197,12 @@ class _Connection(asyncio.Protocol):
             return
         self.chunks.append(body)
         self.readable.set()
-        if len(self.chunks) >= _HIGH_WATER and not self._paused and self.transport is not None:
+        if (
+            len(self.chunks) >= _HIGH_WATER
+            and self.listener is None  # the fast path keeps a small body whole
+            and not self._paused
+            and self.transport is not None
+        ):
             self._paused = True
             self.transport.pause_reading()
 
@@ -135,6 +212,8 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self.reusable = self.reusable_after and not self.closed and self._parser.should_keep_alive()
         self.readable.set()
+        if self.listener is not None:
+            self.listener.upstream_complete()
 
     # -- used by the pool ---------------------------------------------------------------------
 
@@ -145,6 +224,8 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self.head_done.set()
         self.readable.set()
+        if self.listener is not None:
+            self.listener.upstream_failed()
 
     def abort(self) -> None:
         self.closed = True
@@ -222,7 +303,7 @@ class UpstreamPool:
         max_keepalive_connections: int = 128,
         keepalive_expiry: float | None = 5.0,
     ) -> None:
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = _Slots(max_connections)
         self._idle: dict[Origin, list[_Connection]] = {}
         self._idle_count = 0
         self.max_keepalive_connections = max_keepalive_connections
@@ -240,7 +321,7 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request; ``headers`` must carry Host and the body's framing
         (Content-Length, or Transfer-Encoding: chunked, which is then applied here)."""
-        await self._acquire(timeouts.get("pool"))
+        await self._slots.take(timeouts.get("pool"))
         try:
             return await self._request(method, origin, target, headers, content, timeouts)
         except BaseException:
@@ -297,14 +378,29 @@ class UpstreamPool:
             return UpstreamResponse(self, connection, timeouts.get("read"))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _acquire(self, wait: float | None) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()
-            return
-        try:
-            await asyncio.wait_for(self._slots.acquire(), wait)
-        except TimeoutError as exc:
-            raise httpx.PoolTimeout("no upstream connection free in time") from exc
+    def checkout_now(self, origin: Origin) -> _Connection | None:
+        """An idle keep-alive connection to ``origin`` and a slot for it, without waiting;
+        None when either would need a wait (the caller then takes the awaiting path).
+        Give it back with ``checkin``."""
+        idle = self._idle.get(origin)
+        if not idle or not self._slots.take_now():
+            return None
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            self._idle_count -= 1
+            if not connection.closed and connection.expires > now:
+                connection._reset()
+                return connection
+            connection.abort()
+        self._slots.release()
+        return None
+
+    def checkin(self, connection: _Connection) -> None:
+        """Give back a connection from ``checkout_now``: kept for the next request if its
+        response was read whole and it may carry another, else closed."""
+        connection.listener = None
+        self._checkin(connection)
 
     async def _checkout(self, origin: Origin, connect: float | None) -> tuple[_Connection, bool]:
         idle = self._idle.get(origin)

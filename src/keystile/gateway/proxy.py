@@ -8,9 +8,11 @@ upstream down instead of filling memory (uvicorn's flow control on one side, TCP
 
 Headers going upstream: hop-by-hop headers (RFC 9110 §7.6.1), and every header the
 ``Connection`` header names, are dropped; the configured identity headers are ALWAYS dropped
-from the incoming request (callers must not choose who they are) and set again only from a
-validated token; ``X-Forwarded-For``/``-Proto``/``-Host`` are set from what the gateway saw,
-extending the incoming ones only when the peer is a trusted proxy.
+from the incoming request, under every spelling (``X_Auth-Subject`` too: ``headers.py``), since
+callers must not choose who they are, and set again only from a validated token;
+``X-Forwarded-For``/``-Proto``/``-Host`` are set from what the gateway saw, extending the
+incoming ones only when the peer is a trusted proxy. Other ``Forwarded``/``X-Forwarded-*``
+headers pass only from a trusted proxy, and their underscore spellings never.
 
 Failures: a timeout talking to upstream answers 504, a connection that cannot be made or
 breaks before the response starts answers 502. Once the response has started, a failure can
@@ -33,6 +35,22 @@ import httpx
 
 from keystile.errors import KeystileError
 from keystile.gateway.config import GatewayConfig
+from keystile.gateway.headers import (
+    AUTHORIZATION,
+    CONNECTION,
+    CONTENT_LENGTH,
+    FORWARDED_FOR,
+    FORWARDED_HOST,
+    FORWARDED_OTHER,
+    FORWARDED_PROTO,
+    HOP_BY_HOP,
+    HOST,
+    IDENTITY,
+    PASS,
+    SPOOFED,
+    TRANSFER_ENCODING,
+    HeaderKinds,
+)
 from keystile.gateway.metrics import GatewayMetrics
 from keystile.gateway.pool import UpstreamPool, UpstreamResponse
 from keystile.gateway.routes import BadPath, Route
@@ -44,24 +62,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# RFC 9110 §7.6.1 (and the older Keep-Alive, Proxy-Connection still seen in the wild).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Recomputed by the gateway; from an untrusted peer they are whatever the caller wanted.
-_FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
-)
 # A response body up to this size is relayed without watching for the client going away.
 _SMALL_BODY = 256 * 1024
 
@@ -108,13 +108,18 @@ class Proxy:
         self.default_timeouts = _timeouts(up.timeout, up.connect_timeout)
         self.connect_timeout = up.connect_timeout
         self.metrics = metrics
-        self.identity = frozenset(n.lower().encode("ascii") for n in config.identity_headers.names)
+        self.kinds = HeaderKinds(config.identity_headers.names)
         self._timeouts: dict[float, dict[str, float | None]] = {}
         networks = [ipaddress.ip_network(p, strict=False) for p in config.gateway.trusted_proxies]
         self._trusted: Callable[[str], bool] | None = _trust_checker(networks) if networks else None
 
     async def close(self) -> None:
         await self.pool.aclose()
+
+    def trusts(self, scope: Scope) -> bool:
+        """Whether the peer of this request is one of ``trusted_proxies``."""
+        client = scope.get("client")
+        return self._trusted is not None and client is not None and self._trusted(client[0])
 
     def _timeout(self, route: Route) -> dict[str, float | None]:
         seconds = route.config.timeout
@@ -150,40 +155,40 @@ class Proxy:
         chunked = False
         forward_token = route.config.forward_token
         preserve_host = route.config.preserve_host
-        identity_names = self.identity
+        memo = self.kinds.memo
+        sort = self.kinds.of
         for name, value in scope["headers"]:
-            if name in HOP_BY_HOP:
-                if name == b"connection":
-                    connection = value if connection is None else connection + b"," + value
-                elif name == b"transfer-encoding":
-                    chunked = True
-                continue
-            if name in identity_names:
-                continue  # never the caller's word for who it is
-            if name == b"host":
+            kind = memo.get(name)
+            if kind is None:
+                kind = sort(name)
+            if kind == PASS:
+                out.append((name, value))
+            elif kind in (IDENTITY, SPOOFED):
+                continue  # never the caller's word for who it is, under any spelling
+            elif kind == HOST:
                 host = value
                 if preserve_host:
                     out.append((name, value))
-                continue
-            if name in _FORWARDED:
-                if trusted:
-                    if name == b"x-forwarded-for":
-                        xff = value if xff is None else xff + b", " + value
-                    elif name == b"x-forwarded-proto":
-                        xfp = value
-                    elif name == b"x-forwarded-host":
-                        xfh = value
-                    else:
-                        out.append((name, value))
-                continue
-            if name == b"content-length":
+            elif kind == AUTHORIZATION:
+                if forward_token and authorization is None:
+                    out.append((name, value))
+            elif kind == CONTENT_LENGTH:
                 content_length = value
-                continue
-            if name == b"expect":
-                continue  # 100-continue is between the caller and us
-            if name == b"authorization" and (not forward_token or authorization is not None):
-                continue
-            out.append((name, value))
+            elif kind == CONNECTION:
+                connection = value if connection is None else connection + b"," + value
+            elif kind == TRANSFER_ENCODING:
+                chunked = True
+            elif trusted:
+                if kind == FORWARDED_FOR:
+                    xff = value if xff is None else xff + b", " + value
+                elif kind == FORWARDED_PROTO:
+                    xfp = value
+                elif kind == FORWARDED_HOST:
+                    xfh = value
+                elif kind == FORWARDED_OTHER:
+                    out.append((name, value))
+            # Left: the other hop-by-hop headers, Expect (100-continue is between the caller
+            # and us) and, from an untrusted peer, Forwarded and every X-Forwarded-*.
         if connection is not None:
             named = {t.strip().lower() for t in connection.split(b",")}
             out = [(n, v) for n, v in out if n not in named]

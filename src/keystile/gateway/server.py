@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from typing import Any
 
 from keystile.errors import ConfigurationError
 from keystile.gateway.app import GatewayApp
@@ -38,15 +39,54 @@ def bind(config: GatewayConfig) -> socket.socket:
     return sock
 
 
-def serve(config: GatewayConfig, sock: socket.socket) -> None:
-    """Serve until SIGINT/SIGTERM."""
+CONFIG_ENV = "KEYSTILE_INTERNAL_GATEWAY_CONFIG"  # the config file, for worker processes
+WORKERS_ENV = "KEYSTILE_INTERNAL_GATEWAY_WORKERS"
+
+
+def app_from_environment() -> GatewayApp:
+    """Factory for worker processes: loads the configuration file ``keystile gateway`` read
+    (and the same environment overrides)."""
+    import os
+    from pathlib import Path
+
+    from keystile.gateway.config import load_config
+    from keystile.server.logs import configure_logging
+
+    config = load_config(Path(os.environ[CONFIG_ENV]))
+    configure_logging(config.gateway.log_level, config.gateway.log_format)
+    return GatewayApp(config)
+
+
+def serve(config: GatewayConfig, sock: socket.socket, *, path: str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; with ``workers`` > 1, in that many processes that each
+    load ``path`` again."""
+    import ssl
+
     import uvicorn
 
+    from keystile.gateway.fastpath import GatewayProtocol
+
     listen = config.gateway
-    app = GatewayApp(config)
+    workers = listen.workers
+    app: Any
+    if workers > 1:
+        import os
+
+        assert path is not None
+        os.environ[CONFIG_ENV] = path
+        app = "keystile.gateway.server:app_from_environment"
+    else:
+        app = GatewayApp(config)
+    client_ca: dict[str, object] = {}
+    if listen.tls_client_ca is not None:
+        # RFC 8705 §3: a client certificate when the caller has one (optional), verified
+        # against this CA; the protocol reports it to the app (server/tls_peer.py).
+        client_ca = {"ssl_ca_certs": str(listen.tls_client_ca), "ssl_cert_reqs": ssl.CERT_OPTIONAL}
     uv = uvicorn.Config(
         app,
-        http="httptools",
+        # uvicorn's httptools protocol, reporting the TLS peer certificate, with the fast
+        # path (fastpath.py; off with fast_path = false: then it only forwards to ASGI).
+        http=GatewayProtocol,
         loop="uvloop",
         lifespan="on",
         access_log=False,
@@ -60,11 +100,21 @@ def serve(config: GatewayConfig, sock: socket.socket) -> None:
         timeout_graceful_shutdown=3,
         ssl_certfile=str(listen.tls_cert) if listen.tls_cert else None,
         ssl_keyfile=str(listen.tls_key) if listen.tls_key else None,
+        factory=workers > 1,
+        workers=workers,
+        **client_ca,  # type: ignore[arg-type]
     )
-    server = uvicorn.Server(uv)
     scheme = "https" if listen.tls_cert else "http"
     address = sock.getsockname()
     shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-    print(f"keystile gateway listening on {scheme}://{shown}:{address[1]}", flush=True)
+    several = f" ({workers} workers)" if workers > 1 else ""
+    print(f"keystile gateway listening on {scheme}://{shown}:{address[1]}{several}", flush=True)
     sys.stdout.flush()
-    server.run(sockets=[sock])
+    if workers > 1:
+        # Each worker inherits the socket object (as `keystile serve` does: with fd= uvicorn
+        # would rebuild it as AF_UNIX and never set TCP_NODELAY).
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(uv, sockets=[sock]).run()
+        return
+    uvicorn.Server(uv).run(sockets=[sock])

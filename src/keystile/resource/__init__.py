@@ -1,7 +1,7 @@
 """Resource-server SDK: validate bearer tokens against any RFC 7662 authorization server.
 
 Never imports the authorization server or its stores; needs only ``httpx``
-(``pip install 'keystile[resource]'``)::
+(the ``resource`` extra)::
 
     from keystile.resource import TokenValidator
 
@@ -18,12 +18,14 @@ from keystile.resource.cache import TokenCache
 from keystile.resource.introspector import TokenValidator
 from keystile.resource.metadata import ProtectedResourceMetadata
 from keystile.resource.principal import Principal
+from keystile.resource.sender import SenderCheck
 from keystile.resource.sync import SyncTokenValidator
 from keystile.resource.validator import SyncValidator, Validator
 
 __all__ = [
     "Principal",
     "ProtectedResourceMetadata",
+    "SenderCheck",
     "SyncTokenValidator",
     "SyncValidator",
     "TokenCache",

@@ -121,6 +121,7 @@ class EventStreamClient:
         self.connected = asyncio.Event()
         self.applied = 0  # events applied, for tests and metrics
         self.connects = 0
+        self.readies = 0  # streams that got as far as "ready": live at least once
 
     async def run(self) -> None:
         delay = self.backoff_min
@@ -176,6 +177,7 @@ class EventStreamClient:
                 parsed = None
             await shared.apply_event(event, parsed if isinstance(parsed, dict) else {})
         if event == "ready":
+            self.readies += 1
             self.connected.set()
         if "id" in fields:
             self.last_event_id = fields["id"]

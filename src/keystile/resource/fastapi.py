@@ -17,7 +17,7 @@ with ``Retry-After``. Without the handler the status and headers are still right
 the body is the framework's usual ``HTTPException`` one.
 
 Plain Starlette: ``principal = await auth.authenticate(request, {"orders:read"})``.
-Needs ``pip install 'keystile[fastapi]'`` (or Starlette alone, without the OpenAPI marker).
+Needs the ``fastapi`` extra (or Starlette alone, without the OpenAPI marker).
 """
 
 from __future__ import annotations
@@ -32,13 +32,20 @@ try:
     from starlette.responses import Response
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "keystile.resource.fastapi needs Starlette or FastAPI: pip install 'keystile[fastapi]'"
+        "keystile.resource.fastapi needs Starlette or FastAPI: "
+        "pip install 'fastapi>=0.110' (keystile's fastapi extra)"
     ) from exc
 
-from keystile.core.bearer import bearer_token
+from keystile.core.dpop_scheme import access_credentials
 from keystile.errors import IntrospectionUnavailable, InvalidRequest, OAuthError
-from keystile.resource.middleware import STATE_KEY, MissingToken, error_response
+from keystile.resource.middleware import (
+    STATE_KEY,
+    MissingToken,
+    certificate_thumbprint,
+    error_response,
+)
 from keystile.resource.principal import Principal
+from keystile.resource.sender import SenderCheck, SenderRefused, confirmation, request_url
 from keystile.resource.validator import Validator
 
 try:  # Marks protected operations in FastAPI's OpenAPI document ("Authorize" button).
@@ -59,7 +66,8 @@ Dependency = Callable[..., Awaitable[Principal]]
 
 class BearerError(HTTPException):
     """A refused request: its status, ``WWW-Authenticate``/``Retry-After`` headers and the
-    JSON body ``BearerAuthMiddleware`` would send (``.response()``)."""
+    body ``BearerAuthMiddleware`` would send (``.response()``: JSON, or empty when the
+    request carried no credentials)."""
 
     def __init__(
         self,
@@ -74,15 +82,20 @@ class BearerError(HTTPException):
         self.error = error
         self.body = body
         text_headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
-        detail = error.description if isinstance(error, OAuthError) else None
-        super().__init__(status, detail=detail or str(error), headers=text_headers)
+        if not body:
+            # No credentials: no error information anywhere (RFC 6750 §3.1), so Starlette's
+            # own detail ("Unauthorized") without the handler.
+            detail = None
+        else:
+            detail = (error.description if isinstance(error, OAuthError) else None) or str(error)
+        super().__init__(status, detail=detail, headers=text_headers)
 
     def response(self) -> Response:
         return Response(
             self.body,
             status_code=self.status_code,
             headers=self.headers,
-            media_type="application/json",
+            media_type="application/json" if self.body else None,
         )
 
 
@@ -109,10 +122,16 @@ class KeystileAuth:
         *,
         realm: str | None = None,
         resource_metadata: str | None = None,
+        sender: SenderCheck | None = None,
+        origin: str | None = None,
     ) -> None:
         self.validator = validator
         self.realm = realm
         self.resource_metadata = resource_metadata
+        # Sender-constrained tokens (RFC 9449, RFC 8705): checked with a SenderCheck,
+        # refused without one (resource/sender.py); origin as in BearerAuthMiddleware.
+        self.sender = sender
+        self.origin = origin
 
     @property
     def exception_handlers(
@@ -153,10 +172,28 @@ class KeystileAuth:
         try:
             principal = conn.scope.get("state", {}).get(STATE_KEY)
             if not isinstance(principal, Principal):
-                token = bearer_token(_authorization(conn))
-                if token is None:
+                credentials = access_credentials(_authorization(conn))
+                if credentials is None or (credentials[0] == "dpop" and self.sender is None):
                     raise MissingToken()
+                scheme, token = credentials
                 principal = await self.validator.validate(token)
+                if self.sender is None:
+                    # Nobody here could tell a bound token's holder from a thief.
+                    if confirmation(principal) != (None, None):
+                        raise SenderRefused("this resource does not accept bound tokens")
+                else:
+                    proofs = conn.headers.getlist("dpop")
+                    if len(proofs) > 1:
+                        raise SenderRefused("send one DPoP header")  # RFC 9449 §4.3 item 1
+                    await self.sender.acheck(
+                        principal,
+                        scheme=scheme,
+                        token=token,
+                        proof=proofs[0] if proofs else None,
+                        method=conn.scope.get("method", "GET"),
+                        url=request_url(conn.scope, self.origin),
+                        certificate_x5t=certificate_thumbprint(conn.scope),
+                    )
             self.validator.require(principal, scopes)
         except (OAuthError, IntrospectionUnavailable) as exc:
             raise BearerError(

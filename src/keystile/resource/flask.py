@@ -9,13 +9,13 @@
     def orders():
         return {"sub": current_principal().sub}
 
-Refusals are answered like ``BearerAuthMiddleware``: no token → 401 with a bare challenge,
-a malformed Authorization header → 400 ``invalid_request``, an inactive token → 401
+Refusals are answered like ``BearerAuthMiddleware``: no token → 401 with a bare challenge
+and an empty body, a malformed bearer credential → 400 ``invalid_request``, an inactive token → 401
 ``invalid_token``, a missing scope → 403 ``insufficient_scope`` with ``scope=``, the AS
 unable to answer → 503 with ``Retry-After``. The validator is started (discovery, events
 thread) on the first protected request, or by ``keystile.start()``.
 
-Needs ``pip install 'keystile[flask]'``.
+Needs the ``flask`` extra.
 """
 
 from __future__ import annotations
@@ -29,13 +29,16 @@ from typing import Any, ParamSpec, TypeVar, cast
 try:
     from flask import Blueprint, Flask, Response, current_app, g, request
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError("keystile.resource.flask needs Flask: pip install 'keystile[flask]'") from exc
+    raise ImportError(
+        "keystile.resource.flask needs Flask (keystile's flask extra): pip install 'flask>=3.0'"
+    ) from exc
 
-from keystile.core.bearer import bearer_token
+from keystile.core.dpop_scheme import access_credentials
 from keystile.errors import IntrospectionUnavailable, InvalidRequest, OAuthError
 from keystile.resource.metadata import ProtectedResourceMetadata
 from keystile.resource.middleware import MissingToken, error_response
 from keystile.resource.principal import Principal
+from keystile.resource.sender import SenderCheck, SenderRefused, confirmation
 from keystile.resource.validator import SyncValidator
 
 __all__ = [
@@ -64,8 +67,14 @@ class KeystileFlask:
         realm: str | None = None,
         resource_metadata: str | None = None,
         metadata: ProtectedResourceMetadata | None = None,
+        sender: SenderCheck | None = None,
+        origin: str | None = None,
     ) -> None:
         self.validator = validator
+        # Sender-constrained tokens (RFC 9449, RFC 8705): checked with a SenderCheck (its
+        # replay cache per process), refused without one (resource/sender.py).
+        self.sender = sender
+        self.origin = origin
         self.realm = realm
         self.metadata = metadata
         # The challenge points at the metadata document when we serve one (RFC 9728 §5.1).
@@ -122,12 +131,30 @@ class KeystileFlask:
             values = request.headers.getlist("Authorization")
             if len(values) > 1:
                 raise InvalidRequest("more than one Authorization header")
-            token = bearer_token(values[0] if values else None)
-            if token is None:
+            credentials = access_credentials(values[0] if values else None)
+            if credentials is None or (credentials[0] == "dpop" and self.sender is None):
                 raise MissingToken()
+            scheme, token = credentials
             if not self._started:
                 self.start()  # raises IntrospectionUnavailable while the AS is down: 503
             principal = self._sync_validator().validate(token)
+            if self.sender is None:
+                # Nobody here could tell a bound token's holder from a thief.
+                if confirmation(principal) != (None, None):
+                    raise SenderRefused("this resource does not accept bound tokens")
+            else:
+                proofs = request.headers.getlist("DPoP")
+                if len(proofs) > 1:
+                    raise SenderRefused("send one DPoP header")  # RFC 9449 §4.3 item 1
+                base = self.origin.rstrip("/") if self.origin else request.host_url.rstrip("/")
+                self.sender.check(
+                    principal,
+                    scheme=scheme,
+                    token=token,
+                    proof=proofs[0] if proofs else None,
+                    method=request.method,
+                    url=base + request.script_root + request.path,
+                )
         self._sync_validator().require(principal, scopes)
         setattr(g, _G_KEY, principal)
         return principal
@@ -137,12 +164,15 @@ class KeystileFlask:
         status, headers, body = error_response(
             exc, realm=self.realm, resource_metadata=self.resource_metadata
         )
-        return Response(
+        response = Response(
             body,
             status=status,
             headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
             content_type="application/json",
         )
+        if not body:  # no credentials: an empty body (RFC 6750 §3.1), of no type
+            del response.headers["Content-Type"]
+        return response
 
     def check(self, scopes: Iterable[str] = ()) -> Response | None:
         """None when the request may go on; otherwise the refusal to send."""

@@ -13,7 +13,7 @@ The key set (RFC 7517) is read from the ``jwks_uri`` of the AS metadata (RFC 841
 an explicit ``jwks_uri``, or given as ``jwks``. It is cached. A ``kid`` we do not know (the AS
 may have rotated its keys) makes one refetch, at most once per ``refresh_interval`` and shared
 by concurrent callers, so a flood of made-up ``kid`` values is not a flood of fetches; a set
-older than ``max_age`` is refetched. Needs ``pip install 'keystile[jwt]'`` (joserfc).
+older than ``max_age`` is refetched. Needs the ``jwt`` extra (joserfc).
 
 Local validation cannot see a revocation by itself: ``TokenValidator`` pairs it with the
 revocation event stream (``revoked.py``), or introspects when a route asks for ``realtime``.
@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keystile.resource")
 
-MISSING_EXTRA = "validating JWT access tokens needs the jwt extra: pip install 'keystile[jwt]'"
+MISSING_EXTRA = (
+    "validating JWT access tokens needs joserfc (keystile's jwt extra): pip install 'joserfc>=1.8'"
+)
 
 # alg -> the key type (kty) it needs. Asymmetric algorithms only: the JWKS is public, so an
 # HMAC algorithm would let anyone holding the "public key as secret" forge tokens.

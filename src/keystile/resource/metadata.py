@@ -146,6 +146,7 @@ def metadata_route(metadata: ProtectedResourceMetadata) -> Route:
         from starlette.routing import Route
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise ImportError(
-            "metadata_route needs Starlette: pip install 'keystile[fastapi]'"
+            "metadata_route needs Starlette: "
+            "pip install 'fastapi>=0.110' (keystile's fastapi extra)"
         ) from exc
     return Route(metadata.path, metadata_endpoint(metadata), methods=["GET", "HEAD"])

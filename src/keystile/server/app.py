@@ -22,18 +22,29 @@ from keystile.core.metadata import (
     INTROSPECTION_PATH,
     JWKS_PATH,
     METADATA_PATH,
+    OPENID_CONFIGURATION_PATH,
     REVOCATION_PATH,
     TOKEN_PATH,
+    USERINFO_PATH,
+    openid_configuration,
     server_metadata,
 )
+from keystile.core.oidc import CLAIMS_SUPPORTED
 from keystile.errors import ConfigurationError, KeystileError
 from keystile.events.bus import EventBus
+from keystile.server.admin_api import AdminApi
+from keystile.server.admin_console import AdminConsole
+from keystile.server.admin_dashboard import Dashboard
 from keystile.server.demo import DEMO_CALLBACK_PATH, demo_callback_page
 from keystile.server.endpoints import OAuthEndpoints
 from keystile.server.events import EventStream
 from keystile.server.http import Receive, Scope, Send
+from keystile.server.instance_stats import InstanceStatsBoard
 from keystile.server.metrics import ServerMetrics
+from keystile.server.registration_endpoint import RegistrationEndpoint
+from keystile.server.shedding import NOT_COUNTED, send_busy
 from keystile.server.ui import SECURITY_HEADERS, ui_routes
+from keystile.server.userinfo_endpoint import UserInfoEndpoint
 from keystile.settings import ServerSettings
 from keystile.store.base import Store
 
@@ -98,20 +109,49 @@ def _shared_throttle(
 class KeystileApp:
     """Dispatches the OAuth endpoints straight to their handlers, the rest to Starlette."""
 
-    def __init__(self, oauth: dict[str, Any], fallback: Starlette, endpoints: OAuthEndpoints):
+    def __init__(
+        self,
+        oauth: dict[str, Any],
+        fallback: Starlette,
+        endpoints: OAuthEndpoints,
+        *,
+        max_in_flight: int = 0,
+    ):
         self._oauth = oauth
         self._fallback = fallback
         self.endpoints = endpoints
         self.store = endpoints.store
         self.bus: EventBus | None = None
+        # Load shedding (server/shedding.py): HTTP requests in progress, and the most allowed.
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._shed = endpoints.metrics.shed
+        endpoints.metrics.in_flight.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            handler = self._oauth.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
-                return
-        await self._fallback(scope, receive, send)
+        if scope["type"] != "http":
+            await self._fallback(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in NOT_COUNTED:
+            await self._dispatch(path, scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight > 0:
+            self._shed.inc()
+            await send_busy(send)
+            return
+        self.in_flight += 1
+        try:
+            await self._dispatch(path, scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self._oauth.get(path)
+        if handler is not None:
+            await handler(scope, receive, send)
+        else:
+            await self._fallback(scope, receive, send)
 
 
 async def _purge_loop(store: Store, settings: ServerSettings, clock: Clock) -> None:
@@ -125,6 +165,22 @@ async def _purge_loop(store: Store, settings: ServerSettings, clock: Clock) -> N
             )
             if result.tokens or result.events:
                 log.info("purged", extra={"tokens": result.tokens, "events": result.events})
+            if settings.registration != "off":
+                # Open registrations never used expire (docs/registration.md).
+                now = clock.now()
+                await store.expire_registrations(
+                    "open", now - settings.registration_open_unused_ttl, now
+                )
+            if settings.client_metadata_documents:
+                # Clients known by a document that never got a token are forgotten
+                # (docs/client-metadata-documents.md); disabled ones stay blocked.
+                now = clock.now()
+                await store.expire_registrations(
+                    "metadata-document",
+                    now - settings.client_metadata_documents_unused_ttl,
+                    now,
+                    keep_disabled=True,
+                )
         except KeystileError as exc:
             log.warning("purge failed", extra={"error": str(exc)})
 
@@ -163,16 +219,43 @@ def create_app(
     )
     bus = EventBus(the_store)
     endpoints.on_event = bus.notify  # wake the bus at once for this process's own writes
+    # The dashboard's counters, published for the other processes (docs/admin.md).
+    stats = InstanceStatsBoard(
+        the_metrics,
+        the_store,
+        the_clock,
+        subscribers=lambda: bus.subscriber_count,
+        lag=bus.lag,
+        interval=settings.stats_interval if settings.admin_api else 0,
+    )
 
-    async def metadata(request: Request) -> Response:
+    async def _metadata_body() -> dict[str, Any]:
         ring = await endpoints.signing.ready()
-        body = server_metadata(
+        return server_metadata(
             settings.effective_issuer,
             scopes=await the_store.all_scopes(),
             signing_algs=ring.signing_algs(),
             auth_signing_algs=ASSERTION_ALGS,
+            registration=settings.registration != "off",
+            client_id_metadata_document=settings.client_metadata_documents,
+            certificate_bound=(settings.tls and settings.tls_client_ca is not None)
+            or settings.tls_client_certificate_header is not None,
         )
+
+    async def metadata(request: Request) -> Response:
         # Public and stable: caches may keep it for a while.
+        return JSONResponse(
+            await _metadata_body(), headers={"Cache-Control": "public, max-age=300"}
+        )
+
+    async def openid_metadata(request: Request) -> Response:
+        # OIDC Discovery §4: beside RFC 8414, with the same keys.
+        ring = await endpoints.signing.ready()
+        body = openid_configuration(
+            await _metadata_body(),
+            id_token_algs=ring.id_token_algs(),
+            claims=CLAIMS_SUPPORTED,
+        )
         return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
 
     async def jwks(request: Request) -> Response:
@@ -183,6 +266,8 @@ def create_app(
             ring.jwks(the_clock.now()),
             headers={"Cache-Control": f"public, max-age={settings.jwks_max_age}"},
         )
+
+    userinfo = UserInfoEndpoint(settings, the_store, endpoints.signing)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
@@ -236,6 +321,12 @@ def create_app(
         # Everything allocated so far lives as long as the process: keep it out of the
         # cyclic collector's full passes, which otherwise walk it again and again.
         await bus.start()
+        # PostgreSQL: remembered introspection answers, under a lease (store/postgres/answers.py).
+        lease = getattr(the_store, "start_answer_lease", None)
+        if lease is not None and settings.fast_path and settings.answer_lease > 0:
+            await lease(settings.answer_lease)
+        else:
+            lease = None
         if shared_throttle is not None:
             await shared_throttle.start()
         if login_throttle is not None:
@@ -245,6 +336,7 @@ def create_app(
         except KeystileError as exc:
             log.warning("signing keys not loaded; retrying on first use", extra={"error": str(exc)})
         gc.freeze()
+        await stats.start()
         purge: asyncio.Task[None] | None = None
         if settings.purge_interval > 0:
             purge = asyncio.create_task(_purge_loop(the_store, settings, the_clock))
@@ -255,7 +347,10 @@ def create_app(
                 purge.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purge
+            await stats.stop()
             await bus.stop()
+            if lease is not None:
+                await the_store.stop_answer_lease()  # type: ignore[attr-defined]
             if shared_throttle is not None:
                 await shared_throttle.stop()
             if login_throttle is not None:
@@ -263,27 +358,51 @@ def create_app(
             if owns_store:
                 await the_store.close()
 
+    token_endpoint = endpoints.asgi("token", endpoints.token)
+    admin_api = AdminApi(settings, the_store, the_clock, endpoints.signing, stats=stats)
+    admin_console = AdminConsole(
+        settings,
+        the_store,
+        the_clock,
+        auth=admin_api.auth,
+        token_endpoint=token_endpoint,
+        dashboard=Dashboard(stats),
+    )
     fallback = Starlette(
         routes=[
             Route(METADATA_PATH, metadata, methods=["GET"]),
+            Route(OPENID_CONFIGURATION_PATH, openid_metadata, methods=["GET"]),
             Route(JWKS_PATH, jwks, methods=["GET"]),
+            # OIDC Core §5.3: GET and POST.
+            Route(USERINFO_PATH, userinfo.endpoint, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route(DEMO_CALLBACK_PATH, demo_callback, methods=["GET"]),
             # The browser side of the authorization code flow (issue 3).
-            *ui_routes(settings, the_store, the_clock, throttle=login_throttle),
+            *ui_routes(
+                settings,
+                the_store,
+                the_clock,
+                throttle=login_throttle,
+                clients=endpoints.clients,  # one document cache per process
+            ),
+            # Dynamic client registration (RFC 7591, RFC 7592): no routes while off.
+            *RegistrationEndpoint(settings, the_store, the_clock).routes(),
+            # The admin API and console (docs/admin.md): no routes while off.
+            *admin_api.routes(),
+            *admin_console.routes(),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
     oauth = {
-        TOKEN_PATH: endpoints.asgi("token", endpoints.token),
+        TOKEN_PATH: token_endpoint,
         INTROSPECTION_PATH: endpoints.asgi("introspect", endpoints.introspect),
         REVOCATION_PATH: endpoints.asgi("revoke", endpoints.revoke),
         EVENTS_PATH: EventStream(endpoints, bus),
     }
-    app = KeystileApp(oauth, fallback, endpoints)
+    app = KeystileApp(oauth, fallback, endpoints, max_in_flight=settings.max_in_flight)
     app.bus = bus
     return app
 

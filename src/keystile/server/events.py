@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -31,9 +32,16 @@ from keystile.core.forms import Form
 from keystile.core.models import ResourceServer
 from keystile.errors import IntrospectionForbidden, MethodNotAllowed, OAuthError, StoreUnavailable
 from keystile.events.bus import EventBus
-from keystile.server.endpoints import Call, OAuthEndpoints, _read_headers, _source
+from keystile.server.endpoint_base import Call, _read_headers, _source
+from keystile.server.endpoints import OAuthEndpoints
 from keystile.server.http import Receive, Scope, Send, send_json
-from keystile.store.base import GRANT_REVOKED, TOKEN_REVOKED, USER_SESSIONS_REVOKED, Event
+from keystile.store.base import (
+    ADMIN_ACTION,
+    GRANT_REVOKED,
+    TOKEN_REVOKED,
+    USER_SESSIONS_REVOKED,
+    Event,
+)
 
 log = logging.getLogger("keystile.events")
 
@@ -47,6 +55,8 @@ def event_visible(rs: ResourceServer, event: Event) -> bool:
     visibility rules (RFC 7662 §4); client-level events concern every cache. Cascade
     summaries (a grant, a user's sessions) name a user, and every token they revoked has its
     own token_revoked event, so only "any" resource servers get them."""
+    if event.type == ADMIN_ACTION:
+        return False  # the operators' audit trail: read with the admin API, never streamed
     if "any" in rs.rules:
         return True
     if event.type in (GRANT_REVOKED, USER_SESSIONS_REVOKED):
@@ -89,6 +99,16 @@ class EventStream:
         self.store = endpoints.store
         self.bus = bus
         self.keepalive = keepalive
+        self._measured = 0  # the last event whose delivery delay was observed
+
+    def _delivered(self, event: Event) -> None:
+        """Observe how long the event took from its write to this send, once per event:
+        the first stream of this process to send it (replays are not counted)."""
+        if event.id <= self._measured or event.written_ms is None:
+            return
+        self._measured = event.id
+        delay = time.time() - event.written_ms / 1000
+        self.endpoints.metrics.event_delivery.observe(max(delay, 0.0))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -170,6 +190,7 @@ class EventStream:
                 position = event.id
                 if event_visible(rs, event):
                     await self._write(send, _event_message(event))
+                    self._delivered(event)
         except (OSError, StoreUnavailable) as exc:
             log.info("event stream ended", extra={"resource": rs.identifier, "error": str(exc)})
         finally:
@@ -202,6 +223,7 @@ class EventStream:
                 position = event.id
                 if event_visible(rs, event):
                     await self._write(send, _event_message(event))
+                    self._delivered(event)
             if len(events) < _PAGE:
                 return max(position, latest)
 

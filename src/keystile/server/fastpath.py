@@ -10,9 +10,11 @@ request body is complete, and when it answers, writes the whole response in one 
 
 Everything else goes through uvicorn unchanged: other paths and methods, ``Expect:
 100-continue``, bodies over the size limit, and every request ``introspect_now`` declines
-(first sight of a caller, JWTs, throttling, signed answers, errors, PostgreSQL). HTTP/1.1
-keep-alive, pipelining, ``Connection: close`` and HTTP/1.0 follow uvicorn's own rules: this
-class reuses its request cycle objects and its completion callback.
+(first sight of a caller, JWTs, signed answers, errors, PostgreSQL). Throttled failures
+do not turn the shortcut off: it answers only verified callers, and those are never
+throttled on either path (client_authentication.py). HTTP/1.1 keep-alive, pipelining,
+``Connection: close`` and HTTP/1.0 follow uvicorn's own rules: this class reuses its
+request cycle objects and its completion callback.
 
 Tied to uvicorn's httptools protocol internals (``_start_asgi_task``, ``cycle.body``,
 ``cycle.more_body``, ``on_response_complete``); tests/e2e/test_fastpath.py drives a real
@@ -26,9 +28,10 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from keystile.core.metadata import INTROSPECTION_PATH
+from keystile.server.tls_peer import PeerCertificateProtocol
 
 log = logging.getLogger("keystile.server")
 
@@ -55,7 +58,7 @@ def _find_endpoints(app: Any) -> Any:
     return None
 
 
-class FastPathProtocol(HttpToolsProtocol):
+class FastPathProtocol(PeerCertificateProtocol):
     """uvicorn's httptools protocol, answering common introspection requests itself."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

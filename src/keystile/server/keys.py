@@ -104,6 +104,28 @@ class SigningKeys:
             raise ServerError(NO_SIGNING_KEY)
         return signer
 
+    async def id_token_signer(self, alg: str | None) -> Signer:
+        """The key for an ID token of ``alg`` (None: the active key's): the active key, or
+        an ID-token key of that algorithm, made on first need (OIDC Registration §2)."""
+        signer = await self.signer()
+        if alg is None or alg == signer.alg:
+            return signer
+        ring = self.ring
+        if ring.id_token_key(alg) is None:
+            kek = self.kek()
+            if kek is None:
+                raise ServerError(NO_SIGNING_KEY)
+            await key_admin.ensure_id_token_key(self.store, self.clock, kek, alg)
+            ring = await self.current()
+        try:
+            found = ring.id_token_signer(alg)
+        except KeyEncryptionError as exc:
+            log.error("cannot use the ID-token signing key", extra={"error": str(exc)})
+            raise ServerError(NO_SIGNING_KEY) from None
+        if found is None:
+            raise ServerError(NO_SIGNING_KEY)
+        return found
+
     async def lookup(self, token: str) -> tuple[int, TokenRecord | None]:
         """Introspection's single read for a JWT-shaped token: the registry version, and the
         record only if the token is one of ours (RFC 9068), decided before the lookup."""

@@ -12,12 +12,14 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
 ENDPOINTS = ("token", "introspect", "revoke")
+DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -53,6 +55,14 @@ class ServerMetrics:
             ["grant_type"],
             registry=self.registry,
         )
+        self.metadata_documents = Counter(
+            "keystile_client_metadata_documents",
+            "Client ID metadata document fetches by result (ok or refused).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "refused"):
+            self.metadata_documents.labels(result)  # exposed at 0 before the first fetch
         self.revocations = Counter(
             "keystile_revocations",
             "Tokens revoked through the revocation endpoint.",
@@ -68,6 +78,25 @@ class ServerMetrics:
             "keystile_replays_detected",
             "Authorization codes or refresh tokens presented again; each revoked its grant.",
             ["kind"],
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "keystile_requests_shed",
+            "Requests answered 503 + Retry-After because max_in_flight requests were in "
+            "progress in this process.",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "keystile_requests_in_flight",
+            "Requests this process is working on now, as max_in_flight counts them (read at "
+            "scrape time; not summed across --workers).",
+            registry=self.registry,
+        )
+        self.event_delivery = Histogram(
+            "keystile_event_delivery_seconds",
+            "Time from an event's write (commit) to the first event stream of this process "
+            "that sent it, measured once per event and process.",
+            buckets=DELIVERY_BUCKETS,
             registry=self.registry,
         )
         # Children resolved once: labels() takes a lock and a dict lookup per call.

@@ -36,7 +36,8 @@ try:
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
-        "sharing throttling through Redis needs the redis extra: pip install 'keystile[redis]'"
+        "sharing throttling through Redis needs redis-py: "
+        "pip install 'redis>=5.0' (keystile's redis extra)"
     ) from exc
 
 from keystile.clock import Clock
@@ -163,6 +164,11 @@ class RedisFailureThrottle:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # A cancellation landing inside a redis-py command can be swallowed there (the
+            # task then waits for the next failure for good): cancel again until it ends.
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.1)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
@@ -242,7 +248,7 @@ class RedisFailureThrottle:
                     subscribed.set_result(None)
             finally:
                 with contextlib.suppress(*_UNAVAILABLE):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(self._retry_interval)
 
     def _on_totals(self, data: Any) -> None:

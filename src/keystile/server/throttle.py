@@ -1,9 +1,17 @@
-"""Throttling of failed client authentications, per client id and per source address.
+"""Counting failed authentications per key, in fixed windows.
 
-A fixed window per key: after ``limit`` failures inside ``window`` seconds, that key is
-refused with 429 until the window ends. Successful requests are never counted, so a
-legitimate resource server under load is not slowed by its own traffic. In-process
-state: each AS process keeps its own counters.
+After ``limit`` failures inside ``window`` seconds a key is over its limit until the window
+ends. What a key is, and what being over the limit refuses, is the caller's rule:
+
+- client authentication (server/client_authentication.py): keys are the (client id,
+  address) pair and the address; only *failing* attempts are refused (429), a credential
+  that verifies never is;
+- the sign-in form (server/ui_pages.py): keys are the username, whose lock refuses every
+  attempt until the window ends, and the address, whose lock refuses wrong passwords only.
+
+Successful requests are never counted, so a legitimate resource server under load is not
+slowed by its own traffic. In-process state: each AS process keeps its own counters
+(``shared_throttle.py`` shares them through Redis).
 """
 
 from __future__ import annotations
@@ -16,11 +24,10 @@ _MAX_KEYS = 100_000
 
 
 class Throttle(Protocol):
-    """What the endpoints need from a throttle. All three run on the hot path without I/O;
-    ``server/shared_throttle.py`` shares counts across processes behind this interface."""
+    """What the endpoints need from a throttle. Both run without I/O, and only for failed
+    authentications; ``server/shared_throttle.py`` shares counts across processes behind
+    this interface."""
 
-    @property
-    def active(self) -> bool: ...
     def retry_after(self, *keys: str) -> int: ...
     def failed(self, *keys: str) -> None: ...
 

@@ -13,7 +13,9 @@ from typing import Any, Protocol
 from keystile.core.models import (
     AuthorizationCode,
     Client,
+    ClientRegistration,
     Grant,
+    InitialAccessToken,
     ResourceServer,
     Session,
     SigningKey,
@@ -34,10 +36,16 @@ USER_SESSIONS_REVOKED = "user_sessions_revoked"
 REFRESH_TOKEN_REVOKED = "refresh_token_revoked"  # noqa: S105 - a reason, not a secret
 CODE_REPLAYED = "code_replayed"
 REFRESH_TOKEN_REPLAYED = "refresh_token_replayed"  # noqa: S105 - a reason, not a secret
+RP_LOGOUT = "rp_logout"  # RP-initiated logout of a client that revokes its grants
 # Why all of a user's grants were revoked (the `reason` of user_sessions_revoked events).
 USER_REVOKE_SESSIONS = "revoke_sessions"
 USER_DISABLED = "user_disabled"
 USER_DELETED = "user_deleted"
+# An operator's change through the admin API (docs/admin.md): who, what, from where. Never
+# streamed to resource servers (server/events.py); read with the admin API's event tail.
+ADMIN_ACTION = "admin_action"
+# Why a client's tokens were revoked without disabling it (admin API, "revoke by client").
+ADMIN_REVOKE = "admin_revoke"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,7 @@ class Event:
     type: str
     created_at: int
     payload: dict[str, Any]
+    written_ms: int | None = None  # Unix time in ms of the write (None: before migration 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +148,20 @@ class Store(Protocol):
         ...
 
     async def revoke_token(self, token_hash: bytes, client_id: str, now: int) -> bool: ...
+    async def find_token_by_jti(self, jti: str) -> TokenRecord | None:
+        """A token by its ``jti`` (unique, indexed), for the admin API's lookup."""
+        ...
+
+    async def revoke_client_tokens(self, client_id: str, now: int) -> int:
+        """Revoke every live token and grant of a client, each token with its
+        token_revoked event, leaving the client enabled; tokens revoked."""
+        ...
 
     # -- events and housekeeping ------------------------------------------------------------
+    async def append_event(self, type_: str, now: int, payload: dict[str, Any]) -> None:
+        """Write one event to the log (audit records of the admin API)."""
+        ...
+
     async def events_after(self, after_id: int, limit: int = 100) -> list[Event]: ...
     async def latest_event_id(self) -> int:
         """The highest event id ever written (0 if none), even if that row was purged."""
@@ -183,6 +204,11 @@ class Store(Protocol):
 
     async def record_assertion_jti(self, client_id: str, jti: str, expires_at: int) -> bool:
         """Remember a client assertion's jti until it expires; False if it was seen before."""
+        ...
+
+    async def record_dpop_jti(self, jkt: str, jti: str, expires_at: int) -> bool:
+        """Remember a DPoP proof's jti (per key) until ``expires_at``; False if seen before
+        (RFC 9449 §11.1). Shared by every process on the store."""
         ...
 
     # -- users, sessions, consent (issue 3) ---------------------------------------------------
@@ -229,10 +255,11 @@ class Store(Protocol):
     async def create_authorization_code(
         self, grant: Grant, code: AuthorizationCode, *, session_hash: bytes | None = None
     ) -> bool:
-        """Store a new grant with its (only) code, in one transaction. With ``session_hash``
-        (the session the user allowed in), only while that session of the grant's user is
-        live and the user enabled; False otherwise, storing nothing. Ordered against the
-        user cascades, so no grant is stored that one of them missed."""
+        """Store a new grant with its (only) code, in one transaction. Conflict if the code
+        has a nonce that a live code of the same client carries (OIDC Core §15.5.2). With
+        ``session_hash`` (the session the user allowed in), only while that session of the
+        grant's user is live and the user enabled; False otherwise, storing nothing. Ordered
+        against the user cascades, so no grant is stored that one of them missed."""
         ...
 
     async def redeem_authorization_code(self, code_hash: bytes, now: int) -> CodeRedemption:
@@ -254,4 +281,62 @@ class Store(Protocol):
 
     async def revoke_grant(self, grant_id: str, now: int, reason: str) -> int:
         """Revoke a grant and all its live tokens (events included); tokens revoked."""
+        ...
+
+    async def revoke_user_client_grants(
+        self, user_id: str, client_id: str, now: int, reason: str
+    ) -> int:
+        """Revoke every live grant of the user for the client, as revoke_grant does, in one
+        transaction (RP-initiated logout, docs/oidc.md); tokens revoked."""
+        ...
+
+    # -- dynamic client registration (RFC 7591, RFC 7592; docs/registration.md) ---------------
+    async def register_client(
+        self, client: Client, registration: ClientRegistration, *, cap: int | None = None
+    ) -> bool:
+        """Store a registered client with its registration record, in one transaction. With
+        ``cap``, only while fewer than ``cap`` clients of the same method exist (checked in
+        that transaction); False otherwise, storing nothing. Conflict on a taken id."""
+        ...
+
+    async def get_registration(self, client_id: str) -> ClientRegistration | None: ...
+    async def list_registrations(self) -> list[ClientRegistration]: ...
+    async def update_registration(self, client: Client, metadata: str) -> None:
+        """Store a registered client's new settings and metadata together; NotFound."""
+        ...
+
+    async def expire_registrations(
+        self, method: str, registered_before: int, now: int, *, keep_disabled: bool = False
+    ) -> int:
+        """Delete the never-used clients of ``method`` registered before
+        ``registered_before`` (as delete_client does, events included); how many. With
+        ``keep_disabled``, clients an operator disabled stay (a disabled client known by its
+        metadata document is how its URL stays blocked)."""
+        ...
+
+    async def create_initial_access_token(self, token: InitialAccessToken) -> None: ...
+    async def use_initial_access_token(self, token_hash: bytes, now: int) -> bool:
+        """Spend one use of a live initial access token, atomically; False if it is unknown,
+        expired or used up."""
+        ...
+
+    async def list_initial_access_tokens(self) -> list[InitialAccessToken]: ...
+    async def delete_initial_access_token(self, token_id: str) -> None:
+        """NotFound for an unknown id."""
+        ...
+
+    # -- dashboard counters of each AS process (server/instance_stats.py) -------------------
+    async def publish_stats(
+        self, instance_id: str, now: int, stats: str, stale_before: int
+    ) -> None:
+        """Store this process's counters (JSON) as of ``now``, and delete the rows of
+        processes not heard of since before ``stale_before``."""
+        ...
+
+    async def live_stats(self, since: int) -> list[tuple[str, int, str]]:
+        """(instance id, updated at, JSON) of every process heard of since ``since``."""
+        ...
+
+    async def drop_stats(self, instance_id: str) -> None:
+        """Forget a process's counters (it stops cleanly)."""
         ...

@@ -7,30 +7,44 @@ import importlib.resources
 import re
 from typing import Any
 
-from keystile.core.models import AuthorizationCode, Client, Grant, SigningKey, TokenRecord, User
+from keystile.core.models import (
+    AuthorizationCode,
+    Client,
+    ClientRegistration,
+    Grant,
+    InitialAccessToken,
+    SigningKey,
+    TokenRecord,
+    User,
+)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 TOKEN_COLUMNS = (
     "token_hash, kind, client_id, scope, aud, iat, nbf, exp, jti, sub, username, grant_id,"
-    " revoked_at"
+    " revoked_at, cnf_jkt, cnf_x5t"
 )
 
 CLIENT_COLUMNS = (
     "client_id, name, secret_hash, auth_method, grant_types, scopes, default_audience, "
     "access_token_ttl, enabled, created_at, updated_at, token_format, jwks, redirect_uris, "
-    "refresh_token_ttl, refresh_token_max_ttl"
+    "refresh_token_ttl, refresh_token_max_ttl, id_token_signed_response_alg, "
+    "post_logout_redirect_uris, logout_revokes_grants, require_dpop"
 )
 
-USER_COLUMNS = "user_id, username, password_hash, enabled, created_at, updated_at"
+USER_COLUMNS = (
+    "user_id, username, password_hash, enabled, created_at, updated_at, roles, name,"
+    " preferred_username, email, email_verified"
+)
 
 GRANT_COLUMNS = (
     "grant_id, client_id, user_id, username, scope, aud, created_at, auth_time, expires_at,"
-    " revoked_at"
+    " revoked_at, claims"
 )
 
 CODE_COLUMNS = (
-    "code_hash, grant_id, client_id, redirect_uri, code_challenge, created_at, expires_at, used_at"
+    "code_hash, grant_id, client_id, redirect_uri, code_challenge, created_at, expires_at, used_at,"
+    " nonce, dpop_jkt"
 )
 
 
@@ -43,7 +57,8 @@ def placeholders(columns: str, style: str = "?") -> str:
 
 
 KEY_COLUMNS = (
-    "kid, alg, state, public_jwk, private_jwk_enc, created_at, activated_at, retired_at, not_after"
+    "kid, alg, state, public_jwk, private_jwk_enc, created_at, activated_at, retired_at, not_after,"
+    " use_for"
 )
 
 
@@ -80,6 +95,8 @@ def token_from_row(row: Any) -> TokenRecord:
         username=row[10],
         grant_id=row[11],
         revoked_at=row[12],
+        cnf_jkt=row[13],
+        cnf_x5t=row[14],
     )
 
 
@@ -101,6 +118,10 @@ def client_from_row(row: Any) -> Client:
         redirect_uris=tuple(row[13].split()) if row[13] else (),
         refresh_token_ttl=row[14],
         refresh_token_max_ttl=row[15],
+        id_token_signed_response_alg=row[16],
+        post_logout_redirect_uris=tuple(row[17].split()) if row[17] else (),
+        logout_revokes_grants=bool(row[18]),
+        require_dpop=bool(row[19]),
     )
 
 
@@ -122,7 +143,32 @@ def client_params(client: Client) -> tuple[Any, ...]:
         " ".join(client.redirect_uris),
         client.refresh_token_ttl,
         client.refresh_token_max_ttl,
+        client.id_token_signed_response_alg,
+        " ".join(client.post_logout_redirect_uris),
+        client.logout_revokes_grants,
+        client.require_dpop,
     )
+
+
+_CLIENT_MUTABLE = [
+    c.strip() for c in CLIENT_COLUMNS.split(",") if c.strip() not in ("client_id", "created_at")
+]
+
+
+def client_update(style: str = "?") -> str:  # column names are module constants
+    """``UPDATE clients SET ... WHERE client_id = ...`` for every column but the id and
+    created_at; use with ``client_update_params``."""
+    if style == "?":
+        sets = ", ".join(f"{c}=?" for c in _CLIENT_MUTABLE)
+        return f"UPDATE clients SET {sets} WHERE client_id=?"
+    sets = ", ".join(f"{c}=${i}" for i, c in enumerate(_CLIENT_MUTABLE, start=2))
+    return f"UPDATE clients SET {sets} WHERE client_id=$1"
+
+
+def client_update_params(client: Client, style: str = "?") -> tuple[Any, ...]:
+    params = client_params(client)
+    rest = (*params[1:9], *params[10:])  # all but client_id and created_at
+    return (*rest, client.client_id) if style == "?" else (client.client_id, *rest)
 
 
 def key_from_row(row: Any) -> SigningKey:
@@ -136,6 +182,7 @@ def key_from_row(row: Any) -> SigningKey:
         activated_at=row[6],
         retired_at=row[7],
         not_after=row[8],
+        use_for=row[9],
     )
 
 
@@ -155,6 +202,8 @@ def token_params(record: TokenRecord) -> tuple[Any, ...]:
         record.username,
         record.grant_id,
         record.revoked_at,
+        record.cnf_jkt,
+        record.cnf_x5t,
     )
 
 
@@ -166,6 +215,11 @@ def user_from_row(row: Any) -> User:
         enabled=bool(row[3]),
         created_at=row[4],
         updated_at=row[5],
+        roles=frozenset(row[6].split()),
+        name=row[7],
+        preferred_username=row[8],
+        email=row[9],
+        email_verified=bool(row[10]),
     )
 
 
@@ -177,6 +231,11 @@ def user_params(user: User) -> tuple[Any, ...]:
         user.enabled,
         user.created_at,
         user.updated_at,
+        " ".join(sorted(user.roles)),
+        user.name,
+        user.preferred_username,
+        user.email,
+        user.email_verified,
     )
 
 
@@ -192,6 +251,7 @@ def grant_from_row(row: Any) -> Grant:
         auth_time=row[7],
         expires_at=row[8],
         revoked_at=row[9],
+        claims=row[10],
     )
 
 
@@ -207,6 +267,7 @@ def grant_params(grant: Grant) -> tuple[Any, ...]:
         grant.auth_time,
         grant.expires_at,
         grant.revoked_at,
+        grant.claims,
     )
 
 
@@ -220,6 +281,8 @@ def code_from_row(row: Any) -> AuthorizationCode:
         created_at=row[5],
         expires_at=row[6],
         used_at=row[7],
+        nonce=row[8],
+        dpop_jkt=row[9],
     )
 
 
@@ -233,6 +296,8 @@ def code_params(code: AuthorizationCode) -> tuple[Any, ...]:
         code.created_at,
         code.expires_at,
         code.used_at,
+        code.nonce,
+        code.dpop_jkt,
     )
 
 
@@ -246,3 +311,37 @@ def revoked_token_payload(row: Any) -> dict[str, Any]:
         "aud": row[4].split() if row[4] else [],
         "exp": row[5],
     }
+
+
+REGISTRATION_COLUMNS = "client_id, method, registered_at, access_token_hash, metadata, used_at"
+INITIAL_TOKEN_COLUMNS = "token_id, token_hash, created_at, expires_at, uses_left, description"
+
+
+def registration_from_row(row: Any) -> ClientRegistration:
+    return ClientRegistration(
+        client_id=row[0],
+        method=row[1],
+        registered_at=row[2],
+        access_token_hash=bytes(row[3]),
+        metadata=row[4],
+        used_at=row[5],
+    )
+
+
+def registration_params(r: ClientRegistration) -> tuple[Any, ...]:
+    return (r.client_id, r.method, r.registered_at, r.access_token_hash, r.metadata, r.used_at)
+
+
+def initial_token_from_row(row: Any) -> InitialAccessToken:
+    return InitialAccessToken(
+        token_id=row[0],
+        token_hash=bytes(row[1]),
+        created_at=row[2],
+        expires_at=row[3],
+        uses_left=row[4],
+        description=row[5],
+    )
+
+
+def initial_token_params(t: InitialAccessToken) -> tuple[Any, ...]:
+    return (t.token_id, t.token_hash, t.created_at, t.expires_at, t.uses_left, t.description)
