@@ -14,6 +14,11 @@
 #   KEYSTILE_ARGS ("")    extra `keystile serve` args, e.g. "--workers 2"
 #   KEYSTILE_VARIANTS     several keystile servers in the same run, ';'-separated arg sets,
 #                         e.g. "--workers 1;--workers 2" (default: one, with KEYSTILE_ARGS)
+#   PG_VARIANTS ("")      keystile servers on PostgreSQL in the same run, ';'-separated arg
+#                         sets like KEYSTILE_VARIANTS, e.g. "--workers 1;--workers 2" (each on
+#                         a fresh schema of PG_DSN, provisioned like the SQLite database,
+#                         dropped at the end); "" = none
+#   PG_DSN (postgresql://root@127.0.0.1:5432/test)  where those schemas are made
 #   CEILINGS (uvicorn)    ceiling servers, space-separated: uvicorn granian raw (granian must be
 #                         installed in the venv; raw = keystile's fast-path protocol answering a
 #                         constant, bench/ceiling_raw.py); the first one is the reference for ratios
@@ -53,6 +58,7 @@ ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10s}"; CONNS="${CONNS:-32 128}"
 THREADS="${THREADS:-2}"; WARMUP="${WARMUP:-2s}"; TIMEOUT="${TIMEOUT:-10s}"
 KEYSTILE_ARGS="${KEYSTILE_ARGS:-}"; KEYSTILE_VARIANTS="${KEYSTILE_VARIANTS:-$KEYSTILE_ARGS}"
 CEILINGS="${CEILINGS:-uvicorn}"; PEERS="${PEERS:-}"
+PG_VARIANTS="${PG_VARIANTS:-}"; PG_DSN="${PG_DSN:-postgresql://root@127.0.0.1:5432/test}"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/peers}"; PEERS_RUN="${PEERS_RUN:-/tmp/keystile-peers}"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results}"; KEEP_WORK="${KEEP_WORK:-0}"
 DISTINCT_TOKENS="${DISTINCT_TOKENS:-0}"
@@ -74,6 +80,7 @@ REPORT="$RESULTS_DIR/introspect-$RUN_ID.md"
 # --- cleanup: only what we started -------------------------------------------------------
 OWN_PGIDS=()      # process groups started by this script (setsid => pid == pgid)
 STARTED_PEERS=()  # peers started here through their own start scripts
+PG_SCHEMAS=()     # PostgreSQL schemas made here (PG_VARIANTS), dropped at the end
 FG_PID=""        # long foreground step (wrk, settle), run as `cmd & wait` so signals are seen
 fg() { local rc=0; "$@" & FG_PID=$!; wait "$FG_PID" || rc=$?; FG_PID=""; return "$rc"; }
 cleanup() {
@@ -90,6 +97,7 @@ cleanup() {
   for p in "${STARTED_PEERS[@]}"; do
     PEERS_RUN="$PEERS_RUN" "$PEERS_DIR/stop.sh" "$p" >/dev/null 2>&1 || true
   done
+  for schema in "${PG_SCHEMAS[@]}"; do pg_sql "DROP SCHEMA IF EXISTS $schema CASCADE" || true; done
   if [ "$rc" -ne 0 ]; then
     for f in "$WORK"/*.log; do
       [ -s "$f" ] && { echo "--- tail of $f" >&2; tail -15 "$f" >&2; }
@@ -100,6 +108,19 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+pg_sql() { # SQL: run on PG_DSN with its own connection
+  "$PY" - "$PG_DSN" "$1" <<'PYEOF'
+import asyncio, sys, asyncpg
+async def main(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+PYEOF
+}
 
 wait_port() { # PORT PID [SECONDS]
   local i=0
@@ -161,8 +182,14 @@ done
 echo "== keystile introspection benchmark, run $RUN_ID (work dir $WORK)"
 IFS=';' read -r -a VARIANTS <<<"${KEYSTILE_VARIANTS:- }"
 [ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(" ")
+PG_LIST=()
+[ -z "$(echo "$PG_VARIANTS" | xargs)" ] || IFS=';' read -r -a PG_LIST <<<"$PG_VARIANTS"
+if [ ${#PG_LIST[@]} -gt 0 ]; then
+  "$PY" -c 'import asyncpg' 2>/dev/null || {
+    echo "asyncpg missing: $VENV/bin/pip install -e '.[postgres]'" >&2; exit 1; }
+fi
 read -r -a CEILING_LIST <<<"$CEILINGS"
-NPORTS=$((${#VARIANTS[@]} + ${#CEILING_LIST[@]}))
+NPORTS=$((${#VARIANTS[@]} + ${#PG_LIST[@]} + ${#CEILING_LIST[@]}))
 read -r -a PORTS <<<"$("${HELPER[@]}" free-ports "$NPORTS")"
 port_i=0
 
@@ -235,6 +262,42 @@ for vi in "${!VARIANTS[@]}"; do
     "keystile serve ${args:-(defaults)}" "$code"
   [ -n "$FIRST_KEYSTILE" ] || FIRST_KEYSTILE="$name"
   echo "   $name: keystile serve --no-demo --port $port --log-level warning $args (code $code)"
+done
+
+# keystile on PostgreSQL: each variant on a fresh schema with the same kind of clients (their
+# own secrets), so the stores are compared under one load, in one run.
+SEP="?"; [[ "$PG_DSN" == *\?* ]] && SEP="&"
+for vi in "${!PG_LIST[@]}"; do
+  args="$(echo "${PG_LIST[$vi]}" | xargs)"
+  port=${PORTS[$port_i]}; port_i=$((port_i + 1))
+  schema="keystile_bench_$$_$vi"
+  pg_sql "CREATE SCHEMA $schema"; PG_SCHEMAS+=("$schema")
+  db="$PG_DSN${SEP}search_path=$schema"
+  (
+    cd "$WORK"
+    unset KEYSTILE_CONFIG
+    "$KEYSTILE" db upgrade --db "$db" >/dev/null
+    "$KEYSTILE" client create rs-client --grant-type none --json --db "$db" >"$WORK/pg-$vi-rs.json"
+    "$KEYSTILE" resource create "$RESOURCE" --client rs-client --json --db "$db" >/dev/null
+    "$KEYSTILE" client create app-client --scope "read write" --audience "$RESOURCE" \
+      --json --db "$db" >"$WORK/pg-$vi-app.json"
+  )
+  rs_auth="$("${HELPER[@]}" basic rs-client "$("${HELPER[@]}" field client_secret <"$WORK/pg-$vi-rs.json")")"
+  app_auth="$("${HELPER[@]}" basic app-client "$("${HELPER[@]}" field client_secret <"$WORK/pg-$vi-app.json")")"
+  name="keystile-pg${args:+[$args]}"
+  code="$(code_version)"
+  prom=()
+  if [[ "$args" =~ --workers[=\ ]+([0-9]+) ]] && [ "${BASH_REMATCH[1]}" -gt 1 ]; then
+    mkdir -p "$WORK/prom-pg-$vi"; prom=(PROMETHEUS_MULTIPROC_DIR="$WORK/prom-pg-$vi")
+  fi
+  # shellcheck disable=SC2086  # extra args are split on purpose
+  start_own "keystile-pg-$vi" "$port" "$WORK" env -u KEYSTILE_CONFIG -u PROMETHEUS_MULTIPROC_DIR \
+    "${prom[@]}" "$KEYSTILE" serve --no-demo \
+    --host 127.0.0.1 --port "$port" --log-level warning --db "$db" $args
+  add_target "$name" keystile "http://127.0.0.1:$port/oauth2/introspect" \
+    "http://127.0.0.1:$port/oauth2/token" "$app_auth" "$rs_auth" "$LAST_PGID" \
+    "keystile serve on PostgreSQL ${args:-(defaults)}" "$code"
+  echo "   $name: keystile serve --no-demo --port $port --db PostgreSQL schema $schema $args (code $code)"
 done
 
 # Peers
