@@ -8,10 +8,11 @@ token's exp.
 Each invalidation path is checked across two processes, A (the demo setup) and B, with B
 answering from memory when the change is made: a revocation (on A, or by the CLI), a user
 signed out, disabled or deleted, the resource server's client disabled, deleted or given a new
-secret, its resource server deleted, and a token's exp passing. Every check also runs against
-a mutant B: the same `keystile serve` with one part of the invalidation taken out by a test
-double patched in before it starts (never in the package; MUTANTS below). There the same
-check must observe the stale answer, so it cannot pass vacuously.
+secret, its resource server deleted, and a token's exp passing. Each check also runs with a
+B that hears only the writer's fence (so a write path without one would show), and against
+mutants: the same processes with one part of the invalidation taken out by a test double run
+before keystile starts (never in the package; ``Variant`` below). There the same check must
+observe the stale answer, so it cannot pass vacuously.
 """
 
 from __future__ import annotations
