@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from base64 import b64encode
@@ -217,14 +218,23 @@ def postgres() -> str:
     return PG_DSN
 
 
-@pytest.fixture
-def pg_url(postgres: str) -> Iterator[str]:
-    """A DSN whose search_path is a new, empty schema of its own, dropped after the test."""
+@contextlib.contextmanager
+def pg_schema(postgres: str) -> Iterator[str]:
+    """A DSN whose search_path is a new, empty schema of its own, dropped on leaving."""
     schema = f"keystile_test_{secrets.token_hex(6)}"
     run_coroutine(pg_execute(f"CREATE SCHEMA {schema}"))
     sep = "&" if "?" in postgres else "?"
-    yield f"{postgres}{sep}search_path={schema}"
-    run_coroutine(pg_execute(f"SET lock_timeout = '10s'; DROP SCHEMA {schema} CASCADE"))
+    try:
+        yield f"{postgres}{sep}search_path={schema}"
+    finally:
+        run_coroutine(pg_execute(f"SET lock_timeout = '10s'; DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture
+def pg_url(postgres: str) -> Iterator[str]:
+    """A DSN whose search_path is a new, empty schema of its own, dropped after the test."""
+    with pg_schema(postgres) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

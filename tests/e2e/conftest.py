@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,15 +171,18 @@ class ServerStarter:
         port_flag: bool = True,
         env: dict[str, str] | None = None,
         tls: Tls | None = None,
+        command: Sequence[str] = (str(KEYSTILE),),
     ) -> Server:
         """Start ``keystile serve *args`` and wait until /healthz answers 200.
 
         ``--db`` (default: keystile.db in tmp_path) and ``--port`` (default: a free one) are
         added unless ``db_flag``/``port_flag`` say the config file or environment gives them.
+        ``command`` runs in place of the ``keystile`` script (e.g. ``python -c`` with a test
+        double patched in before ``keystile.cli.main()``).
         """
         port = port or free_port()
         db = db or self.default_db
-        argv = [str(KEYSTILE), "serve", *args]
+        argv = [*command, "serve", *args]
         if port_flag:
             argv += ["--port", str(port)]
         if db_flag:
@@ -266,14 +269,18 @@ RunKeystile = Callable[..., "subprocess.CompletedProcess[str]"]
 @pytest.fixture
 def run_keystile(tmp_path: Path) -> RunKeystile:
     """Run the ``keystile`` command in a subprocess, in tmp_path, and capture its output;
-    ``stdin`` is given text (e.g. for ``--password-stdin``), or nothing."""
+    ``stdin`` is given text (e.g. for ``--password-stdin``), or nothing; ``command`` runs in
+    place of the ``keystile`` script."""
 
     def run(
-        *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+        command: Sequence[str] = (str(KEYSTILE),),
     ) -> subprocess.CompletedProcess[str]:
         feed: dict[str, Any] = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
         return subprocess.run(
-            [str(KEYSTILE), *args],
+            [*command, *args],
             capture_output=True,
             text=True,
             env=env if env is not None else clean_env(),

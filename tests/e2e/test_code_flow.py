@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import TOKEN
-from tests.e2e.conftest import DemoServer, RunKeystile
+from tests.e2e.conftest import DemoServer, RunKeystile, Server
 from tests.e2e.test_readme_flow import printed_curl_commands, run_curl
 
 pytestmark = pytest.mark.process
@@ -99,7 +99,7 @@ class TestBrowser:
         context.close()
 
 
-def _sign_in_and_allow(http: httpx.Client, url: str, user: str, password: str) -> str:
+def sign_in_and_allow(http: httpx.Client, url: str, user: str, password: str) -> str:
     """What a user's browser does between the client's redirect and its callback: the
     login form, then the consent form. Returns the callback URL keystile redirects to."""
     page = http.get(url)
@@ -113,6 +113,27 @@ def _sign_in_and_allow(http: httpx.Client, url: str, user: str, password: str) -
     r = http.post("/oauth2/consent", data={**form, "decision": "allow"})
     assert r.status_code in (302, 303), r.text
     return r.headers["location"]
+
+
+def demo_user_token(server: Server, user: str, password: str) -> str:
+    """An access token for ``user``, through the code flow the demo setup prints: its link
+    (the public demo client, PKCE S256), sign-in and consent, then the exchange."""
+    out = server.stdout
+    authorize = _OPEN.search(out).group(1)  # type: ignore[union-attr]
+    verifier = _VERIFIER.search(out).group(1)  # type: ignore[union-attr]
+    asked = _query(authorize)
+    with httpx.Client(base_url=server.url, trust_env=False, follow_redirects=False) as browser:
+        callback = sign_in_and_allow(browser, authorize, user, password)
+        form = {
+            "grant_type": "authorization_code",
+            "code": _query(callback)["code"],
+            "redirect_uri": asked["redirect_uri"],
+            "client_id": asked["client_id"],
+            "code_verifier": verifier,
+        }
+        r = browser.post(TOKEN, data=form)
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
 
 
 class TestAuthlibClient:
@@ -172,7 +193,7 @@ class TestAuthlibClient:
             server.url + "/oauth2/authorize", code_verifier=verifier
         )
         browser = httpx.Client(base_url=server.url, trust_env=False, follow_redirects=False)
-        callback = _sign_in_and_allow(browser, url, "alice", "wonderland-42")
+        callback = sign_in_and_allow(browser, url, "alice", "wonderland-42")
         assert callback.startswith(redirect_uri + "?")
         assert _query(callback)["iss"] == server.url  # RFC 9207: the mix-up defence
 
