@@ -62,11 +62,20 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== keystile gateway vs Apache + mod_auth_openidc, run $RUN_ID ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
-[ "${SKIP_SETUP:-0}" = 1 ] || bash "$PEER_DIR/setup.sh" | sed -n '/== versions/,$p'
-KEYSTILE="$KEYSTILE" bash "$PEER_DIR/as-keystile.sh" start | head -1
+mkdir -p "$RUN_DIR"
+step() { # LOG CMD...: run a harness step, its output in LOG (printed if it fails)
+  local log=$1; shift
+  "$@" >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+}
+if [ "${SKIP_SETUP:-0}" != 1 ]; then
+  step "$RUN_DIR/setup.out" bash "$PEER_DIR/setup.sh"
+  sed -n '/== versions/,$p' "$RUN_DIR/setup.out"
+fi
+step "$RUN_DIR/as.out" env KEYSTILE="$KEYSTILE" bash "$PEER_DIR/as-keystile.sh" start
 eval "$(bash "$PEER_DIR/as-keystile.sh" env)"
-bash "$PEER_DIR/upstream.sh" start | head -1
-bash "$PEER_DIR/mao-apache.sh" start | head -1
+step "$RUN_DIR/upstream.out" bash "$PEER_DIR/upstream.sh" start
+step "$RUN_DIR/apache.out" bash "$PEER_DIR/mao-apache.sh" start
+grep -h '^==' "$RUN_DIR/as.out" "$RUN_DIR/upstream.out" "$RUN_DIR/apache.out" | head -6
 
 mkdir -p "$GW_DIR"
 cat >"$GW_DIR/gateway.toml" <<EOF
@@ -79,6 +88,7 @@ log_level = "warning"
 issuer = "$AS_BASE"
 client_id = "$RS_ID"
 client_secret = "$RS_SECRET"
+ca_file = "$CA_BUNDLE"
 
 [cache]
 max_ttl = 3600
@@ -89,8 +99,8 @@ upstream = "http://127.0.0.1:9320"
 scopes = ["read"]
 EOF
 chmod 600 "$GW_DIR/gateway.toml"
-# The AS's certificate is signed by the harness's local CA: httpx trusts SSL_CERT_FILE.
-SSL_CERT_FILE="$CA_BUNDLE" setsid "$KEYSTILE" gateway --config "$GW_DIR/gateway.toml" \
+# The AS's certificate is signed by the harness's local CA.
+setsid "$KEYSTILE" gateway --config "$GW_DIR/gateway.toml" \
   --workers "$GATEWAY_WORKERS" >"$GW_DIR/gateway.log" 2>&1 </dev/null &
 GW_PID=$!
 GW_URL="http://127.0.0.1:$GATEWAY_PORT/api"

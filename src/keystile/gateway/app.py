@@ -111,6 +111,7 @@ class GatewayApp:
                 degraded_ttl=c.degraded_ttl,
                 max_entries=c.max_entries,
                 timeout=a.timeout,
+                ca_file=a.ca_file,
             )
         self.validator = validator
         self.metrics.watch(validator)

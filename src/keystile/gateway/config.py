@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from keystile.errors import ConfigurationError
+from keystile.resource.introspection import tls_verify
 
 SECRET_ENV = "KEYSTILE_GATEWAY_CLIENT_SECRET"  # noqa: S105 - a variable name, not a secret
 
@@ -188,6 +189,9 @@ class AuthorizationServerSection(_Section):
     client_secret_file: Path | None = None
     auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
     timeout: float = Field(5.0, gt=0, le=60)
+    # PEM CA certificates to trust for the AS's TLS certificate instead of the default store
+    # (certifi): an AS behind a private CA. Relative to the config file's folder.
+    ca_file: Path | None = None
 
     @field_validator("issuer", "introspection_endpoint", "events_endpoint")
     @classmethod
@@ -546,7 +550,15 @@ def _with_secret(config: GatewayConfig, environ: Mapping[str, str], *, base: Pat
             "authorization_server.client_secret or client_secret_file, or the "
             f"{SECRET_ENV} environment variable"
         )
+    ca_file = section.ca_file
+    if ca_file is not None:
+        if not ca_file.is_absolute():
+            ca_file = base / ca_file
+        try:
+            tls_verify(ca_file)
+        except ValueError as exc:
+            raise ConfigurationError(f"authorization_server.ca_file: {exc}") from exc
     resolved = section.model_copy(
-        update={"client_secret": SecretStr(secret), "client_secret_file": None}
+        update={"client_secret": SecretStr(secret), "client_secret_file": None, "ca_file": ca_file}
     )
     return config.model_copy(update={"authorization_server": resolved})

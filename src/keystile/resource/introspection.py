@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import ssl
 from collections.abc import Iterable
 from typing import Any, Literal
 from urllib.parse import quote_plus
@@ -28,6 +30,19 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
     """client_secret_basic, with the RFC 6749 §2.3.1 form-encoding before base64."""
     raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
     return "Basic " + base64.b64encode(raw.encode()).decode("ascii")
+
+
+def tls_verify(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for calls to the AS: the default trust store (certifi), or only the
+    PEM CA certificates in ``ca_file`` (an AS behind a private CA). Raises ValueError, naming
+    the file, when they cannot be loaded."""
+    if ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ValueError(f"cannot load CA certificates from {ca_file}: {reason}") from exc
 
 
 def metadata_url(issuer: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +36,7 @@ from keystile.resource.introspection import (
     discovered_endpoints,
     introspection_request,
     principal_from_response,
+    tls_verify,
 )
 from keystile.resource.jwt import JWTValidator, looks_like_jwt
 from keystile.resource.principal import Principal
@@ -65,6 +67,7 @@ class TokenValidator:
         degraded_ttl: float = 5.0,
         max_entries: int = 100_000,
         timeout: float = 5.0,
+        ca_file: str | os.PathLike[str] | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         if issuer is None and introspection_endpoint is None:
@@ -85,10 +88,13 @@ class TokenValidator:
             degraded_ttl=degraded_ttl,
         )
         self._own_http = http is None
+        if http is not None and ca_file is not None:
+            raise ValueError("give ca_file or http (a client of your own), not both")
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             trust_env=False,
+            verify=tls_verify(ca_file),
         )
         # JWT access tokens (RFC 9068) validated locally; jwt=True reads the issuer's JWKS.
         if jwt is True:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import threading
@@ -35,6 +36,7 @@ from keystile.resource.introspection import (
     introspection_request,
     metadata_url,
     principal_from_response,
+    tls_verify,
 )
 from keystile.resource.principal import Principal
 
@@ -71,6 +73,7 @@ class SyncTokenValidator:
         degraded_ttl: float = 5.0,
         max_entries: int = 100_000,
         timeout: float = 5.0,
+        ca_file: str | os.PathLike[str] | None = None,
         http: httpx.Client | None = None,
     ) -> None:
         if issuer is None and introspection_endpoint is None:
@@ -95,10 +98,13 @@ class SyncTokenValidator:
         # never across I/O.
         self.lock = threading.Lock()
         self._own_http = http is None
+        if http is not None and ca_file is not None:
+            raise ValueError("give ca_file or http (a client of your own), not both")
         self.http = http or httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             trust_env=False,
+            verify=tls_verify(ca_file),
         )
         self._inflight: dict[bytes, _Flight] = {}
         self._discovery = threading.Lock()
