@@ -19,6 +19,10 @@
 #                         a fresh schema of PG_DSN, provisioned like the SQLite database,
 #                         dropped at the end); "" = none
 #   PG_DSN (postgresql://root@127.0.0.1:5432/test)  where those schemas are made
+#   CPU_PER_WORKER ("")   e.g. 0.4: every keystile target runs in a cgroup of its own whose CPU
+#                         quota is its --workers count x this many cores (root; cgroup v1 cpu
+#                         or v2), so "2 processes vs 1" measures the server's scaling, not a
+#                         machine whose cores wrk and PostgreSQL share ("" = no limit)
 #   CEILINGS (uvicorn)    ceiling servers, space-separated: uvicorn granian raw (granian must be
 #                         installed in the venv; raw = keystile's fast-path protocol answering a
 #                         constant, bench/ceiling_raw.py); the first one is the reference for ratios
@@ -58,6 +62,7 @@ ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10s}"; CONNS="${CONNS:-32 128}"
 THREADS="${THREADS:-2}"; WARMUP="${WARMUP:-2s}"; TIMEOUT="${TIMEOUT:-10s}"
 KEYSTILE_ARGS="${KEYSTILE_ARGS:-}"; KEYSTILE_VARIANTS="${KEYSTILE_VARIANTS:-$KEYSTILE_ARGS}"
 CEILINGS="${CEILINGS:-uvicorn}"; PEERS="${PEERS:-}"
+CPU_PER_WORKER="${CPU_PER_WORKER:-}"
 PG_VARIANTS="${PG_VARIANTS:-}"; PG_DSN="${PG_DSN:-postgresql://root@127.0.0.1:5432/test}"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/peers}"; PEERS_RUN="${PEERS_RUN:-/tmp/keystile-peers}"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results}"; KEEP_WORK="${KEEP_WORK:-0}"
@@ -81,6 +86,7 @@ REPORT="$RESULTS_DIR/introspect-$RUN_ID.md"
 OWN_PGIDS=()      # process groups started by this script (setsid => pid == pgid)
 STARTED_PEERS=()  # peers started here through their own start scripts
 PG_SCHEMAS=()     # PostgreSQL schemas made here (PG_VARIANTS), dropped at the end
+CGROUPS=()        # cgroups made here (CPU_PER_WORKER), removed at the end
 FG_PID=""        # long foreground step (wrk, settle), run as `cmd & wait` so signals are seen
 fg() { local rc=0; "$@" & FG_PID=$!; wait "$FG_PID" || rc=$?; FG_PID=""; return "$rc"; }
 cleanup() {
@@ -96,6 +102,9 @@ cleanup() {
   done
   for p in "${STARTED_PEERS[@]}"; do
     PEERS_RUN="$PEERS_RUN" "$PEERS_DIR/stop.sh" "$p" >/dev/null 2>&1 || true
+  done
+  for cg in "${CGROUPS[@]}"; do
+    for _ in $(seq 20); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
   done
   for schema in "${PG_SCHEMAS[@]}"; do pg_sql "DROP SCHEMA IF EXISTS $schema CASCADE" || true; done
   if [ "$rc" -ne 0 ]; then
@@ -120,6 +129,29 @@ async def main(dsn: str, sql: str) -> None:
         await conn.close()
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 PYEOF
+}
+
+# CPU_PER_WORKER: the cgroup filesystem's cpu controller, v2 (cpu.max) or v1 (cfs quota).
+CG_ROOT=""; CG_V=0
+if [ -n "$CPU_PER_WORKER" ]; then
+  if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+    CG_ROOT=/sys/fs/cgroup; CG_V=2
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+  elif [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+    CG_ROOT=/sys/fs/cgroup/cpu; CG_V=1
+  else
+    echo "CPU_PER_WORKER needs the cgroup cpu controller (v1 or v2) at /sys/fs/cgroup" >&2; exit 1
+  fi
+  [ -w "$CG_ROOT" ] || { echo "CPU_PER_WORKER needs root (cannot write $CG_ROOT)" >&2; exit 1; }
+fi
+limit_cpu() { # INDEX WORKERS: move target INDEX's process group into a cgroup with WORKERS x quota
+  local i=$1 workers=$2 cg quota pid
+  cg="$CG_ROOT/keystile-bench-$$-$i"; mkdir "$cg"; CGROUPS+=("$cg")
+  quota="$(awk -v w="$workers" -v c="$CPU_PER_WORKER" 'BEGIN { printf "%d", w * c * 100000 }')"
+  if [ "$CG_V" = 2 ]; then echo "$quota 100000" >"$cg/cpu.max"
+  else echo 100000 >"$cg/cpu.cfs_period_us"; echo "$quota" >"$cg/cpu.cfs_quota_us"; fi
+  for pid in $(ps -o pid= -g "${T_PGID[$i]}"); do echo "$pid" >"$cg/cgroup.procs" 2>/dev/null || true; done
+  echo "   ${T_NAME[$i]}: $(ps -o pid= -g "${T_PGID[$i]}" | wc -l) processes limited to $workers x $CPU_PER_WORKER cores ($cg)"
 }
 
 wait_port() { # PORT PID [SECONDS]
@@ -392,11 +424,19 @@ run_wrk() { # INDEX CASE CONNS DURATION OUTFILE
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
   echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0])'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
   echo "stack: $("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("uvicorn", "httptools", "uvloop", "starlette")))')"
-  echo "settings: ROUNDS=$ROUNDS DURATION=$DURATION CONNS=\"$CONNS\" DISTINCT_TOKENS=$DISTINCT_TOKENS THREADS=$THREADS WARMUP=$WARMUP TIMEOUT=$TIMEOUT MAX_OTHER=$MAX_OTHER RETRIES=$RETRIES MACHINE_QUIET_MAX=$MACHINE_QUIET_MAX"
+  echo "settings: ROUNDS=$ROUNDS DURATION=$DURATION CONNS=\"$CONNS\" DISTINCT_TOKENS=$DISTINCT_TOKENS THREADS=$THREADS WARMUP=$WARMUP TIMEOUT=$TIMEOUT MAX_OTHER=$MAX_OTHER RETRIES=$RETRIES MACHINE_QUIET_MAX=$MACHINE_QUIET_MAX${CPU_PER_WORKER:+ CPU_PER_WORKER=$CPU_PER_WORKER}"
 } | tee "$WORK/header.txt"
 
 echo "== checks"
 for i in "${!T_NAME[@]}"; do refresh_and_check "$i" 1; done
+if [ -n "$CPU_PER_WORKER" ]; then
+  echo "== CPU limits (CPU_PER_WORKER=$CPU_PER_WORKER cores per keystile process)"
+  for i in "${!T_NAME[@]}"; do
+    [ "${T_KIND[$i]}" = keystile ] || continue
+    w=1; [[ "${T_SERVER[$i]}" =~ --workers[=\ ]+([0-9]+) ]] && w="${BASH_REMATCH[1]}"
+    limit_cpu "$i" "$w"
+  done
+fi
 if [ "$DISTINCT_TOKENS" -gt 0 ]; then
   echo "== issuing $DISTINCT_TOKENS tokens per keystile target for the \"distinct\" case"
   for i in "${!T_NAME[@]}"; do
