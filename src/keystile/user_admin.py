@@ -175,27 +175,47 @@ async def set_password(store: Store, clock: Clock, ref: str, password: str) -> U
     return updated
 
 
-async def set_user_roles(store: Store, clock: Clock, ref: str, roles: Iterable[str]) -> User:
+def refuse_yourself(username: str, acting: str | None, what: str) -> None:
+    """An admin cannot take their own admin access away (the API or console call made as
+    ``acting``, a username): the last admin could otherwise lock everyone out of the console
+    with one click. Another admin, or the CLI on the database host, can."""
+    if acting is not None and username == acting:
+        raise Conflict(f"you cannot {what} your own account: ask another admin, or use the CLI")
+
+
+async def set_user_roles(
+    store: Store, clock: Clock, ref: str, roles: Iterable[str], *, acting: str | None = None
+) -> User:
     """Replace a user's roles (``admin`` or none). Taking ``admin`` away refuses their
-    console session and admin tokens on the next request."""
+    console session and admin tokens on the next request; not from one's own account."""
     user = await get_user(store, ref)
-    updated = replace(user, roles=_roles(roles), updated_at=clock.now())
+    new_roles = _roles(roles)
+    if ADMIN_ROLE in user.roles and ADMIN_ROLE not in new_roles:
+        refuse_yourself(user.username, acting, "remove the admin role from")
+    updated = replace(user, roles=new_roles, updated_at=clock.now())
     await store.update_user(updated)
     return updated
 
 
-async def set_user_enabled(store: Store, clock: Clock, ref: str, enabled: bool) -> tuple[User, int]:
+async def set_user_enabled(
+    store: Store, clock: Clock, ref: str, enabled: bool, *, acting: str | None = None
+) -> tuple[User, int]:
     """Enable or disable a user. Disabling ends their sessions and revokes their grants and
     tokens in the same transaction; returns the user and the number of tokens revoked."""
     user = await get_user(store, ref)
+    if not enabled:
+        refuse_yourself(user.username, acting, "disable")
     now = clock.now()
     revoked = await store.set_user_enabled(user.user_id, enabled, now)
     return replace(user, enabled=enabled, updated_at=now), revoked
 
 
-async def delete_user(store: Store, clock: Clock, ref: str) -> tuple[User, int]:
+async def delete_user(
+    store: Store, clock: Clock, ref: str, *, acting: str | None = None
+) -> tuple[User, int]:
     """Revoke everything of a user, then delete them; the user and tokens revoked."""
     user = await get_user(store, ref)
+    refuse_yourself(user.username, acting, "delete")
     return user, await store.delete_user(user.user_id, clock.now())
 
 

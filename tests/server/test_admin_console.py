@@ -514,3 +514,46 @@ class TestItemPages:
             ("user.enable", None),
             ("user.delete", None),
         ]
+
+    async def test_an_admin_cannot_lock_themselves_out(
+        self, http: httpx.AsyncClient, people: None, store: SQLiteStore, clock: FixedClock
+    ) -> None:
+        """Disabling, deleting or taking the admin role from one's own account is refused
+        (409, nothing changed, nothing audited) on the console and on the API with the
+        console's token; another admin's account can be, and so can one's own from the CLI's
+        functions (no acting user)."""
+        await sign_in(http, "alice")
+        alice = await store.get_user_by_name("alice")
+        assert alice is not None
+        path = f"/admin/users/{alice.user_id}"
+        csrf = hidden((await http.get(path)).text)["csrf"]
+        for form in (
+            {"action": "disable"},
+            {"action": "delete", "confirm": "yes"},
+            {"action": "update", "name": "Alice", "preferred_username": "", "email": ""},
+        ):
+            r = await http.post(path, data={"csrf": csrf, **form})
+            assert r.status_code == 409, (form, r.text)
+            assert "your own account" in r.text
+            assert 'role="alert"' in r.text
+        token = http.cookies["__Host-ks_admin"]
+        for method, url, body in (
+            ("POST", f"{ADMIN}/users/alice/disable", None),
+            ("DELETE", f"{ADMIN}/users/alice", None),
+            ("PUT", f"{ADMIN}/users/alice/roles", {"roles": []}),
+        ):
+            r = await http.request(method, url, headers=bearer(token), json=body)
+            assert r.status_code == 409, (url, r.text)
+            assert "your own account" in r.json()["detail"]
+        same = await store.get_user(alice.user_id)
+        assert same is not None
+        assert (same.enabled, same.roles, same.name) == (True, frozenset({"admin"}), None)
+        assert not [e for e in await console_audits(http) if e["action"].startswith("user.")]
+        # Another admin's account: allowed (and alice's own, outside an admin request).
+        await admin.set_user_roles(store, clock, "bob", ["admin"])
+        r = await http.put(f"{ADMIN}/users/bob/roles", headers=bearer(token), json={"roles": []})
+        assert r.status_code == 200, r.text
+        await admin.set_user_roles(store, clock, "alice", [])
+        refreshed = await store.get_user(alice.user_id)
+        assert refreshed is not None
+        assert refreshed.roles == frozenset()

@@ -220,7 +220,7 @@ class ConsoleEditPages(ConsoleBase):
                     notice = await self._update_user(request, caller, user_id, view, form, posted)
                 elif action in ("enable", "disable"):
                     _, n = await admin.set_user_enabled(
-                        self.store, self.clock, user_id, action == "enable"
+                        self.store, self.clock, user_id, action == "enable", acting=caller.user
                     )
                     details = {"tokens_revoked": n} if action == "disable" else {}
                     await self._audit(
@@ -238,7 +238,9 @@ class ConsoleEditPages(ConsoleBase):
                             "revoked, and the user is deleted.",
                             back=back,
                         )  # fmt: skip
-                    _, n = await admin.delete_user(self.store, self.clock, user_id)
+                    _, n = await admin.delete_user(
+                        self.store, self.clock, user_id, acting=caller.user
+                    )
                     await self._audit(
                         request, caller, "user.delete", user_id, 200,
                         username=user.username, tokens_revoked=n,
@@ -268,6 +270,9 @@ class ConsoleEditPages(ConsoleBase):
         password = posted.get("password") or ""
         if password:
             admin.check_password(password)  # before any change, so none is half-made
+        roles = [admin.ADMIN_ROLE] if form["admin"] else []
+        if admin.ADMIN_ROLE in before["roles"] and not roles:  # likewise
+            admin.refuse_yourself(before["username"], caller.user, "remove the admin role from")
         updated = await admin.update_user(
             self.store,
             self.clock,
@@ -284,9 +289,8 @@ class ConsoleEditPages(ConsoleBase):
                 request, caller, "user.update", user_id, 200, username=updated.username,
                 fields=fields,
             )  # fmt: skip
-        roles = [admin.ADMIN_ROLE] if form["admin"] else []
         if sorted(roles) != before["roles"]:
-            await admin.set_user_roles(self.store, self.clock, user_id, roles)
+            await admin.set_user_roles(self.store, self.clock, user_id, roles, acting=caller.user)
             await self._audit(
                 request, caller, "user.roles", user_id, 200, username=updated.username,
                 roles=roles,

@@ -266,13 +266,17 @@ async def set_user_roles(call: Call) -> Response:
     body.done()
     if roles is None:
         raise ConfigurationError("missing field: roles")
-    user = await admin.set_user_roles(call.store, call.clock, call.param("user"), roles)
+    user = await admin.set_user_roles(
+        call.store, call.clock, call.param("user"), roles, acting=call.caller.user
+    )
     call.changed("user.roles", user.user_id, username=user.username, roles=sorted(user.roles))
     return json_response(admin.user_view(user))
 
 
 async def _user_enabled(call: Call, enabled: bool) -> Response:
-    user, n = await admin.set_user_enabled(call.store, call.clock, call.param("user"), enabled)
+    user, n = await admin.set_user_enabled(
+        call.store, call.clock, call.param("user"), enabled, acting=call.caller.user
+    )
     action = "user.enable" if enabled else "user.disable"
     call.changed(action, user.user_id, username=user.username, tokens_revoked=n)
     body: dict[str, Any] = {"user_id": user.user_id, "username": user.username, "enabled": enabled}
@@ -296,7 +300,9 @@ async def revoke_user_sessions(call: Call) -> Response:
 
 
 async def delete_user(call: Call) -> Response:
-    user, n = await admin.delete_user(call.store, call.clock, call.param("user"))
+    user, n = await admin.delete_user(
+        call.store, call.clock, call.param("user"), acting=call.caller.user
+    )
     call.changed("user.delete", user.user_id, username=user.username, tokens_revoked=n)
     return json_response(
         {"user_id": user.user_id, "username": user.username, "deleted": True, "tokens_revoked": n}
