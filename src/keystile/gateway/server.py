@@ -115,6 +115,11 @@ def serve(config: GatewayConfig, sock: socket.socket, *, path: str | None = None
         # would rebuild it as AF_UNIX and never set TCP_NODELAY).
         from uvicorn.supervisors import Multiprocess
 
-        Multiprocess(uv, sockets=[sock]).run()
+        from keystile import multiprocess_metrics
+
+        # Each worker records its metrics in files in this folder, which /metrics adds up
+        # (prometheus_client multiprocess mode); it lives as long as the gateway.
+        with multiprocess_metrics.shared_folder():
+            Multiprocess(uv, sockets=[sock]).run()
         return
     uvicorn.Server(uv).run(sockets=[sock])
