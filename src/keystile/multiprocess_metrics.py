@@ -54,8 +54,9 @@ def render(registry: CollectorRegistry) -> bytes:
     return bytes(generate_latest(registry))
 
 
-def process_ended() -> None:
-    """At a worker's exit: drop its ``live*`` gauges, so they stop counting in the sum or
-    minimum (its counters and histograms stay: what it counted still happened)."""
+def process_ended(pid: int | None = None) -> None:
+    """When a worker (this process by default) exits: drop its ``live*`` gauges, so they stop
+    counting in the sum or minimum (its counters and histograms stay: what it counted still
+    happened)."""
     if enabled():
-        prom_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        prom_multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]

@@ -4,7 +4,9 @@ own subscription to the revocation event stream, so a revocation reaches every o
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -170,3 +172,18 @@ def test_workers_flag_overrides_the_file(stack: Stack, tmp_path: Path):
         assert list(tmp.iterdir()) == []
     finally:
         gateway.stop()
+
+
+def test_a_dead_worker_leaves_the_gauges_but_not_the_counters(stack: Stack):
+    """A worker killed outright (no shutdown of its own) is replaced; its gauges leave the sum
+    and the minimum over the running workers, while what it counted stays in the totals."""
+    gateway = stack.gateway
+    (folder,) = stack.tmp.glob("keystile-prom-*")
+    live = {int(f.stem.rpartition("_")[2]) for f in folder.glob("gauge_livemin_*.db")}
+    assert len(live) == 2
+    before = scrape(gateway.url)[ALLOWED]
+    victim = min(live)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not list(folder.glob(f"gauge_live*_{victim}.db")), 5.0, 0.05)
+    assert (folder / f"counter_{victim}.db").exists()
+    assert {scrape(gateway.url)[ALLOWED] for _ in range(6)} == {before}
