@@ -45,8 +45,9 @@ def shared_folder() -> Iterator[str]:
 
 
 def render(registry: CollectorRegistry) -> bytes:
-    """Prometheus text: every worker's figures added up in multiprocess mode (the metrics
-    ``registry`` holds then only name what the files hold), else ``registry`` itself."""
+    """Prometheus text: in multiprocess mode every worker's files added up (``registry`` is
+    not read then: its custom collectors would give this process's figures alone), else
+    ``registry``."""
     if enabled():
         merged = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]

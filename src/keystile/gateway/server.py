@@ -115,13 +115,13 @@ def serve(config: GatewayConfig, sock: socket.socket, *, path: str | None = None
     print(f"keystile gateway listening on {scheme}://{shown}:{address[1]}{several}", flush=True)
     sys.stdout.flush()
     if workers > 1:
-        # Each worker inherits the socket object (as `keystile serve` does: with fd= uvicorn
-        # would rebuild it as AF_UNIX and never set TCP_NODELAY).
         from keystile import multiprocess_metrics
 
         # Each worker records its metrics in files in this folder, which /metrics adds up
         # (prometheus_client multiprocess mode); it lives as long as the gateway.
         with multiprocess_metrics.shared_folder():
+            # Each worker inherits the socket object (as `keystile serve` does: with fd=
+            # uvicorn would rebuild it as AF_UNIX and never set TCP_NODELAY).
             _supervisor(uv, sock).run()
         return
     uvicorn.Server(uv).run(sockets=[sock])
