@@ -207,19 +207,14 @@ def _serve(settings: ServerSettings, sock: socket.socket) -> None:
         common["ssl_ca_certs"] = str(settings.tls_client_ca)
         common["ssl_cert_reqs"] = ssl.CERT_OPTIONAL
     if settings.workers > 1:
-        import shutil
-        import tempfile
+        from keystile import multiprocess_metrics
 
         # Workers are separate processes: they rebuild the same settings from this.
         os.environ[_INTERNAL_SETTINGS] = settings.model_dump_json()
-        own_dir = None
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            # Metrics of all workers are summed from files in this folder (prometheus_client
-            # multiprocess mode); it lives as long as this server.
-            own_dir = tempfile.mkdtemp(prefix="keystile-prom-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
         _announce(settings, sock)
-        try:
+        # Metrics of all workers are summed from files in this folder (prometheus_client
+        # multiprocess mode); it lives as long as this server.
+        with multiprocess_metrics.shared_folder():
             # The workers inherit the socket bound above, passed as the socket object: with
             # `fd=` uvicorn rebuilds it as AF_UNIX, so asyncio never sets TCP_NODELAY and
             # every response waits ~40 ms on Nagle + delayed ACK.
@@ -232,9 +227,6 @@ def _serve(settings: ServerSettings, sock: socket.socket) -> None:
                 **common,
             )
             Multiprocess(config, sockets=[sock]).run()
-        finally:
-            if own_dir is not None:
-                shutil.rmtree(own_dir, ignore_errors=True)
         return
     from keystile.server.app import create_app
 

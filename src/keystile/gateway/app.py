@@ -139,6 +139,7 @@ class GatewayApp:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        self.metrics.start()
         try:
             await self.validator.start()
             self.started = True
@@ -166,6 +167,7 @@ class GatewayApp:
                 await self._retry
         await self.validator.close()
         await self.proxy.close()
+        await self.metrics.stop()
         if self.shared_replay is not None:
             await self.shared_replay.close()
 

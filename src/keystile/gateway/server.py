@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keystile.errors import ConfigurationError
 from keystile.gateway.app import GatewayApp
 from keystile.gateway.config import GatewayConfig
 from keystile.settings import is_loopback
+
+if TYPE_CHECKING:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
 
 def check_bind(config: GatewayConfig) -> None:
@@ -111,10 +115,31 @@ def serve(config: GatewayConfig, sock: socket.socket, *, path: str | None = None
     print(f"keystile gateway listening on {scheme}://{shown}:{address[1]}{several}", flush=True)
     sys.stdout.flush()
     if workers > 1:
-        # Each worker inherits the socket object (as `keystile serve` does: with fd= uvicorn
-        # would rebuild it as AF_UNIX and never set TCP_NODELAY).
-        from uvicorn.supervisors import Multiprocess
+        from keystile import multiprocess_metrics
 
-        Multiprocess(uv, sockets=[sock]).run()
+        # Each worker records its metrics in files in this folder, which /metrics adds up
+        # (prometheus_client multiprocess mode); it lives as long as the gateway.
+        with multiprocess_metrics.shared_folder():
+            # Each worker inherits the socket object (as `keystile serve` does: with fd=
+            # uvicorn would rebuild it as AF_UNIX and never set TCP_NODELAY).
+            _supervisor(uv, sock).run()
         return
     uvicorn.Server(uv).run(sockets=[sock])
+
+
+def _supervisor(uv: uvicorn.Config, sock: socket.socket) -> Multiprocess:
+    """uvicorn's supervisor, which also takes a worker that died (and was replaced) out of
+    the gauges summed over the running workers: one that exits normally does so itself."""
+    from uvicorn.supervisors import Multiprocess
+
+    from keystile import multiprocess_metrics
+
+    class Supervisor(Multiprocess):
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            for pid in before - {p.pid for p in self.processes}:
+                if pid is not None:
+                    multiprocess_metrics.process_ended(pid)
+
+    return Supervisor(uv, sockets=[sock])

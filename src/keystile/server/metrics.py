@@ -1,12 +1,10 @@
 """Prometheus metrics of the authorization server, served at ``/metrics``.
 
 With several worker processes, set by ``keystile serve --workers N``, prometheus_client's
-multiprocess mode aggregates the workers' figures (``PROMETHEUS_MULTIPROC_DIR``).
+multiprocess mode aggregates the workers' figures (keystile/multiprocess_metrics.py).
 """
 
 from __future__ import annotations
-
-import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,9 +12,9 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
-from prometheus_client import multiprocess as prom_multiprocess
+
+from keystile import multiprocess_metrics
 
 ENDPOINTS = ("token", "introspect", "revoke")
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -106,8 +104,4 @@ class ServerMetrics:
         self.inactive = self.introspections.labels("inactive")
 
     def render(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return bytes(generate_latest(registry))
-        return bytes(generate_latest(self.registry))
+        return multiprocess_metrics.render(self.registry)
