@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
+
+if TYPE_CHECKING:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -61,3 +67,21 @@ def process_ended(pid: int | None = None) -> None:
     happened)."""
     if enabled():
         prom_multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+
+
+def supervisor(config: uvicorn.Config, sock: socket.socket) -> Multiprocess:
+    """uvicorn's supervisor (the AS's and the gateway's ``--workers``), which also takes a
+    worker that died (and was replaced) out of the gauges summed over the running workers:
+    one that exits normally does so itself. Each worker inherits the socket object: with
+    ``fd=`` uvicorn would rebuild it as AF_UNIX and never set TCP_NODELAY."""
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            for pid in before - {p.pid for p in self.processes}:
+                if pid is not None:
+                    process_ended(pid)
+
+    return Supervisor(config, sockets=[sock])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -51,6 +52,43 @@ def test_two_workers_share_tokens_revocations_and_metrics(start_server: ServerSt
     assert _total(metrics, "token") == 6
     assert _total(metrics, "introspect") == 10
     assert _total(metrics, "revoke") == 1
+    assert _in_flight(server.http.get("/metrics").text) == 0
+
+    # Requests in progress: token requests whose bodies have not all arrived, on new
+    # connections (so on both workers). Every scrape, whichever worker answers it, counts
+    # all of them; once the callers hang up, none.
+    waiting = []
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(
+            b"POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+            b"grant_type=client_credentials"
+        )
+        waiting.append(sock)
+    try:
+        deadline = time.monotonic() + 5
+        while _in_flight(server.http.get("/metrics").text) != 5:
+            assert time.monotonic() < deadline, "in-flight requests not summed"
+            time.sleep(0.05)
+        for _ in range(6):  # fresh connections: both workers answer scrapes
+            r = server.http.get("/metrics", headers={"connection": "close"})
+            assert _in_flight(r.text) == 5
+    finally:
+        for sock in waiting:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while _in_flight(server.http.get("/metrics").text) != 0:
+        assert time.monotonic() < deadline, "finished requests still counted"
+        time.sleep(0.05)
+
+
+def _in_flight(metrics: str) -> float:
+    """The one keystile_requests_in_flight sample (no per-worker series)."""
+    found = re.findall(r"^keystile_requests_in_flight(\{[^}]*\})? (\S+)$", metrics, re.MULTILINE)
+    assert len(found) == 1, found
+    assert found[0][0] == "", found
+    return float(found[0][1])
 
 
 def test_two_workers_add_up_in_the_admin_stats(

@@ -218,15 +218,13 @@ def _serve(settings: ServerSettings, sock: socket.socket) -> None:
             # The workers inherit the socket bound above, passed as the socket object: with
             # `fd=` uvicorn rebuilds it as AF_UNIX, so asyncio never sets TCP_NODELAY and
             # every response waits ~40 ms on Nagle + delayed ACK.
-            from uvicorn.supervisors import Multiprocess
-
             config = uvicorn.Config(
                 "keystile.server.app:app_from_environment",
                 factory=True,
                 workers=settings.workers,
                 **common,
             )
-            Multiprocess(config, sockets=[sock]).run()
+            multiprocess_metrics.supervisor(config, sock).run()
         return
     from keystile.server.app import create_app
 

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from keystile.errors import ConfigurationError
 from keystile.gateway.app import GatewayApp
 from keystile.gateway.config import GatewayConfig
 from keystile.settings import is_loopback
-
-if TYPE_CHECKING:
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
 
 def check_bind(config: GatewayConfig) -> None:
@@ -122,24 +118,6 @@ def serve(config: GatewayConfig, sock: socket.socket, *, path: str | None = None
         with multiprocess_metrics.shared_folder():
             # Each worker inherits the socket object (as `keystile serve` does: with fd=
             # uvicorn would rebuild it as AF_UNIX and never set TCP_NODELAY).
-            _supervisor(uv, sock).run()
+            multiprocess_metrics.supervisor(uv, sock).run()
         return
     uvicorn.Server(uv).run(sockets=[sock])
-
-
-def _supervisor(uv: uvicorn.Config, sock: socket.socket) -> Multiprocess:
-    """uvicorn's supervisor, which also takes a worker that died (and was replaced) out of
-    the gauges summed over the running workers: one that exits normally does so itself."""
-    from uvicorn.supervisors import Multiprocess
-
-    from keystile import multiprocess_metrics
-
-    class Supervisor(Multiprocess):
-        def keep_subprocess_alive(self) -> None:
-            before = {p.pid for p in self.processes}
-            super().keep_subprocess_alive()
-            for pid in before - {p.pid for p in self.processes}:
-                if pid is not None:
-                    multiprocess_metrics.process_ended(pid)
-
-    return Supervisor(uv, sockets=[sock])

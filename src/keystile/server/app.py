@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from keystile import multiprocess_metrics
 from keystile.clock import Clock, SystemClock
 from keystile.core.client_assertion import ASSERTION_ALGS
 from keystile.core.metadata import (
@@ -126,7 +127,12 @@ class KeystileApp:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._shed = endpoints.metrics.shed
-        endpoints.metrics.in_flight.set_function(lambda: self.in_flight)
+        gauge = endpoints.metrics.in_flight
+        # --workers: the gauge's value lives in the shared files, kept as requests come and
+        # go; alone, it is read from this counter at scrape time.
+        self._gauge = gauge if endpoints.metrics.shared_in_flight else None
+        if self._gauge is None:
+            gauge.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -141,10 +147,15 @@ class KeystileApp:
             await send_busy(send)
             return
         self.in_flight += 1
+        gauge = self._gauge
+        if gauge is not None:
+            gauge.inc()
         try:
             await self._dispatch(path, scope, receive, send)
         finally:
             self.in_flight -= 1
+            if gauge is not None:
+                gauge.dec()
 
     async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self._oauth.get(path)
@@ -349,6 +360,7 @@ def create_app(
                     await purge
             await stats.stop()
             await bus.stop()
+            multiprocess_metrics.process_ended()  # --workers: leave the in-flight sum
             if lease is not None:
                 await the_store.stop_answer_lease()  # type: ignore[attr-defined]
             if shared_throttle is not None:

@@ -84,11 +84,15 @@ class ServerMetrics:
             "progress in this process.",
             registry=self.registry,
         )
+        # With --workers, each worker keeps its count in the shared files (summed over the
+        # running workers); alone, the count is read at scrape time (no cost per request).
+        self.shared_in_flight = multiprocess_metrics.enabled()
         self.in_flight = Gauge(
             "keystile_requests_in_flight",
-            "Requests this process is working on now, as max_in_flight counts them (read at "
-            "scrape time; not summed across --workers).",
+            "Requests in progress, as max_in_flight counts them (with --workers: summed over "
+            "the running workers).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.event_delivery = Histogram(
             "keystile_event_delivery_seconds",
