@@ -1,8 +1,9 @@
 """The admin console in a real headless Chromium (Debian's, driven by Playwright) against a
 real `keystile serve --admin-api`: an admin signs in through the code flow, creates a
-client and sees it listed, revokes a token on the tokens page, reads the audit trail
-through the API with the console's own token, and watches the dashboard's introspection
-chart move after a burst. Screenshots are saved under the test's tmp_path (screenshots/)."""
+client and sees it listed, rotates its secret, revokes a token on the tokens page, reads the
+audit trail through the API with the console's own token, and watches the dashboard's
+introspection chart move after a burst. Screenshots are saved under the test's tmp_path
+(screenshots/)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,15 @@ def test_admin_console_in_a_browser(
     page.screenshot(path=str(shots / "04b-delete-confirmation.png"))
     page.get_by_role("link", name="Cancel").click()
     assert page.get_by_label("Name").input_value() == "Reports v2"
+    # Rotate secret asks first too; the new secret is shown once and the old one is dead.
+    page.get_by_role("button", name="Rotate secret…").click()
+    page.get_by_role("button", name="Rotate the secret of client reports").click()
+    assert page.locator("h1").inner_text() == "New secret for client reports"
+    old_secret, secret = secret, page.locator("#secret").inner_text().strip()
+    assert secret.startswith("ks_cs_")
+    assert secret != old_secret
+    page.get_by_role("link", name="Back to the client").click()
+    assert secret not in page.content()
 
     # A burst of introspections, then the token revoked on the console's tokens page.
     reports = Creds("reports", secret)
@@ -116,12 +126,15 @@ def test_admin_console_in_a_browser(
     with httpx.Client(base_url=server.url, trust_env=False) as http:
         r = http.get("/admin/v1/events", headers={"Authorization": f"Bearer {admin_token}"})
     assert r.status_code == 200, r.text
-    audits = [e for e in r.json()["items"] if e["type"] == "admin_action"]
+    # The console's changes (the CLI's, above, are audited too, with "via": "cli").
+    audits = [e for e in r.json()["items"]
+              if e["type"] == "admin_action" and e["via"] == "console"]  # fmt: skip
     assert [(e["action"], e["actor_user"]) for e in audits] == [
         ("client.create", "alice"),
         ("client.update", "alice"),
         ("client.disable", "alice"),
         ("client.enable", "alice"),
+        ("client.rotate_secret", "alice"),
         ("token.revoke", "alice"),
     ]
     page.goto(f"{server.url}/admin/")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,9 +17,12 @@ import pytest
 
 from keystile import admin
 from keystile.clock import FixedClock
+from keystile.core.models import AuthorizationCode, Grant, TokenRecord, User
+from keystile.core.tokens import new_access_token, new_refresh_token, token_hash
 from keystile.settings import ServerSettings
+from keystile.store.base import NewToken
 from keystile.store.sqlite import SQLiteStore
-from tests.conftest import INTROSPECT, ISSUER, IssueToken, Setup
+from tests.conftest import API, INTROSPECT, ISSUER, TOKEN, IssueToken, Setup
 from tests.server.admin_support import ADMIN, bearer
 
 PASSWORD = "correct horse battery staple"
@@ -557,3 +561,149 @@ class TestItemPages:
         refreshed = await store.get_user(alice.user_id)
         assert refreshed is not None
         assert refreshed.roles == frozenset()
+
+
+async def user_tokens(store: SQLiteStore, user: User, now: int, client_id: str) -> list[str]:
+    """A live grant of ``user`` to ``client_id`` with an access and a refresh token for
+    API, as a sign-in and consent would leave; the tokens' values."""
+    grant = Grant(
+        grant_id="grt_" + secrets.token_urlsafe(8), client_id=client_id, user_id=user.user_id,
+        username=user.username, scope=frozenset({"read"}), aud=(API,), created_at=now,
+        auth_time=now, expires_at=now + 86400,
+    )  # fmt: skip
+    code = AuthorizationCode(
+        code_hash=token_hash(secrets.token_urlsafe(16)), grant_id=grant.grant_id,
+        client_id=client_id, redirect_uri="https://app.example.test/cb",
+        code_challenge="x" * 43, created_at=now, expires_at=now + 60,
+    )  # fmt: skip
+    await store.create_authorization_code(grant, code)
+    values = [new_access_token(), new_refresh_token()]
+    tokens = [
+        NewToken(
+            TokenRecord(
+                token_hash=token_hash(value),
+                kind=kind,
+                client_id=client_id,
+                scope=grant.scope,
+                aud=grant.aud,
+                iat=now,
+                nbf=now,
+                exp=now + 3600,
+                jti=secrets.token_urlsafe(8),
+                sub=user.user_id,
+                username=user.username,
+                grant_id=grant.grant_id,
+            )
+        )
+        for kind, value in zip(("access_token", "refresh_token"), values, strict=True)
+    ]
+    assert await store.issue_grant_tokens(grant.grant_id, tokens, now)
+    return values
+
+
+class TestItemActions:
+    """The item pages' actions beyond editing: a client's secret rotated (confirmed, shown
+    once), a user signed out everywhere; each the API's operation, audited alike."""
+
+    async def test_rotate_client_secret(
+        self,
+        http: httpx.AsyncClient,
+        people: None,
+        setup: Setup,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Rotate secret asks first, then shows the new secret once on a no-store answer
+        page: the old secret stops working at the token endpoint, the new one works, and
+        the audit event names the client but never the secret (nor does the log)."""
+        await sign_in(http, "alice")
+        page = await http.get("/admin/clients/app-1")
+        assert 'id="rotate-secret"' in page.text
+        csrf = hidden(page.text)["csrf"]
+        grant = {"grant_type": "client_credentials"}
+        r = await http.post("/admin/clients/app-1", data={"csrf": "forged",
+                                                          "action": "rotate-secret"})  # fmt: skip
+        assert r.status_code == 403
+        r = await http.post("/admin/clients/app-1", data={"csrf": csrf, "action": "rotate-secret"})
+        assert r.status_code == 200, r.text
+        assert "Rotate the secret of client app-1?" in r.text
+        confirm = hidden(r.text)
+        assert (confirm["action"], confirm["confirm"]) == ("rotate-secret", "yes")
+        assert (await http.post(TOKEN, data=grant, auth=setup.app.auth)).status_code == 200
+
+        r = await http.post("/admin/clients/app-1", data=confirm)
+        assert r.status_code == 200, r.text
+        assert r.headers["cache-control"] == "no-store"
+        found = re.search(r'<p id="secret" class="secret">(ks_cs_[^<]+)</p>', r.text)
+        assert found is not None
+        secret = found[1]
+        assert "The old secret no longer works." in r.text
+        assert (await http.post(TOKEN, data=grant, auth=setup.app.auth)).status_code == 401
+        r = await http.post(TOKEN, data=grant, auth=("app-1", secret))
+        assert r.status_code == 200, r.text
+
+        for path in ("/admin/clients/app-1", "/admin/clients", "/admin/"):
+            assert secret not in (await http.get(path)).text
+        token = http.cookies["__Host-ks_admin"]
+        events = (await http.get(f"{ADMIN}/events", headers=bearer(token))).text
+        assert secret not in events
+        assert secret not in caplog.text
+        audits = [(e["action"], e["target"], e["via"], e["actor_user"])
+                  for e in await console_audits(http)]  # fmt: skip
+        assert audits == [("client.rotate_secret", "app-1", "console", "alice")]
+
+    async def test_no_rotation_without_a_secret(
+        self, http: httpx.AsyncClient, people: None, register_client: Any
+    ) -> None:
+        """A public client has no secret: no Rotate button, and a forged POST is refused
+        with an alert; nothing is audited."""
+        await register_client(
+            "spa", auth_method="none", redirect_uris=["https://app.example.test/cb"]
+        )
+        await sign_in(http, "alice")
+        page = await http.get("/admin/clients/spa")
+        assert 'id="rotate-secret"' not in page.text
+        r = await http.post(
+            "/admin/clients/spa",
+            data={"csrf": hidden(page.text)["csrf"], "action": "rotate-secret", "confirm": "yes"},
+        )
+        assert r.status_code == 400
+        assert 'role="alert"' in r.text
+        assert "has no secret" in r.text
+        assert await console_audits(http) == []
+
+    async def test_sign_user_out_everywhere(
+        self,
+        http: httpx.AsyncClient,
+        people: None,
+        setup: Setup,
+        store: SQLiteStore,
+        clock: FixedClock,
+    ) -> None:
+        """Sign out everywhere revokes the user's grants and tokens (inactive at
+        introspection, RFC 7662 §2.2), says how many, and is audited with that count."""
+        bob = await store.get_user_by_name("bob")
+        assert bob is not None
+        values = await user_tokens(store, bob, clock.now(), "app-1")
+        for value in values:
+            r = await http.post(INTROSPECT, data={"token": value}, auth=setup.rs.auth)
+            assert r.json()["active"] is True
+        await sign_in(http, "alice")
+        path = f"/admin/users/{bob.user_id}"
+        page = await http.get(path)
+        assert 'id="revoke-sessions"' in page.text
+        csrf = hidden(page.text)["csrf"]
+        r = await http.post(path, data={"csrf": "forged", "action": "revoke-sessions"})
+        assert r.status_code == 403
+        r = await http.post(path, data={"csrf": csrf, "action": "revoke-sessions"})
+        assert r.status_code == 200, r.text
+        assert "Signed out everywhere: 2 live token(s) revoked." in r.text
+        assert 'role="status"' in r.text
+        for value in values:
+            r = await http.post(INTROSPECT, data={"token": value}, auth=setup.rs.auth)
+            assert r.json() == {"active": False}
+        still = await store.get_user(bob.user_id)
+        assert still is not None
+        assert still.enabled  # signed out, not disabled
+        audits = [(e["action"], e["target"], e["username"], e["tokens_revoked"], e["via"])
+                  for e in await console_audits(http)]  # fmt: skip
+        assert audits == [("user.revoke_sessions", bob.user_id, "bob", 2, "console")]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from keystile import admin
+from keystile.admin_audit import change, field_names, given_fields
 from keystile.cli.common import (
     ConfigOpt,
     DbOpt,
@@ -151,6 +152,10 @@ def _auth_method(auth_method: str | None, public: bool) -> str | None:
     return auth_method
 
 
+# What POST /admin/v1/clients sets when not given: its audit event names them too.
+_CREATE_DEFAULTS = ("access_token_ttl", "scopes", "default_audience", "redirect_uris")
+
+
 @client_app.command("create")
 def client_create(
     client_id: Annotated[str, typer.Argument(help="The client id.")],
@@ -179,6 +184,19 @@ def client_create(
     grants = _grants(grant_type)
     method = _auth_method(auth_method, public)
     jwks_text = _read_jwks(jwks)
+    fields = sorted(
+        {
+            *given_fields(
+                name=name, auth_method=method, grant_types=grants, scopes=scope,
+                default_audience=audience, access_token_ttl=ttl, token_format=token_format,
+                jwks=jwks_text, redirect_uris=redirect_uri, refresh_token_ttl=refresh_ttl,
+                refresh_token_max_ttl=refresh_max_ttl, id_token_signed_response_alg=id_token_alg,
+                post_logout_redirect_uris=post_logout_redirect_uri,
+                logout_revokes_grants=logout_revokes_grants, require_dpop=require_dpop,
+            ),
+            *field_names(_CREATE_DEFAULTS),
+        }
+    )  # fmt: skip
     client, secret = run_admin(
         settings,
         lambda store: admin.create_client(
@@ -202,6 +220,7 @@ def client_create(
             require_dpop=bool(require_dpop),
         ),
         create=True,
+        audit=lambda made: change("client.create", made[0].client_id, fields=fields),
     )
     if client.auth_method in ("private_key_jwt", "none"):
         # It authenticates with its keys, or not at all (a public client): no secret.
@@ -266,6 +285,14 @@ def client_update(
     settings = load_settings(config, db=db)
     method = _auth_method(auth_method, public)
     jwks_text = _read_jwks(jwks)
+    fields = given_fields(
+        name=name, auth_method=method, grant_types=grant_type, scopes=scope,
+        default_audience=audience, access_token_ttl=ttl, token_format=token_format,
+        jwks=jwks_text, redirect_uris=redirect_uri, refresh_token_ttl=refresh_ttl,
+        refresh_token_max_ttl=refresh_max_ttl, id_token_signed_response_alg=id_token_alg,
+        post_logout_redirect_uris=post_logout_redirect_uri,
+        logout_revokes_grants=logout_revokes_grants, require_dpop=require_dpop,
+    )  # fmt: skip
     client = run_admin(
         settings,
         lambda store: admin.update_client(
@@ -288,6 +315,7 @@ def client_update(
             logout_revokes_grants=logout_revokes_grants,
             require_dpop=require_dpop,
         ),
+        audit=lambda updated: change("client.update", updated.client_id, fields=fields),
     )
     echo_data(admin.client_view(client), as_json)
 
@@ -299,7 +327,9 @@ def client_disable(
     """Disable a client and revoke every live token it holds."""
     settings = load_settings(config, db=db)
     n = run_admin(
-        settings, lambda store: admin.set_client_enabled(store, SystemClock(), client_id, False)
+        settings,
+        lambda store: admin.set_client_enabled(store, SystemClock(), client_id, False),
+        audit=lambda n: change("client.disable", client_id, tokens_revoked=n),
     )
     echo_data(
         {"client_id": client_id, "enabled": False, "tokens_revoked": n},
@@ -315,7 +345,9 @@ def client_enable(
     """Enable a client again (its revoked tokens stay revoked)."""
     settings = load_settings(config, db=db)
     run_admin(
-        settings, lambda store: admin.set_client_enabled(store, SystemClock(), client_id, True)
+        settings,
+        lambda store: admin.set_client_enabled(store, SystemClock(), client_id, True),
+        audit=lambda _: change("client.enable", client_id),
     )
     echo_data({"client_id": client_id, "enabled": True}, as_json, f"client {client_id} enabled")
 
@@ -335,7 +367,11 @@ def client_delete(
     # as --yes does (docs/cli.md).
     if not yes and sys.stdin.isatty():
         typer.confirm(f"Delete client {client_id} and revoke its tokens?", abort=True)
-    n = run_admin(settings, lambda store: admin.delete_client(store, SystemClock(), client_id))
+    n = run_admin(
+        settings,
+        lambda store: admin.delete_client(store, SystemClock(), client_id),
+        audit=lambda n: change("client.delete", client_id, tokens_revoked=n),
+    )
     echo_data(
         {"client_id": client_id, "deleted": True, "tokens_revoked": n},
         as_json,
@@ -350,7 +386,10 @@ def client_rotate(
     """Give a client a new secret; the old one stops working at once."""
     settings = load_settings(config, db=db)
     client, secret = run_admin(
-        settings, lambda store: admin.rotate_secret(store, SystemClock(), client_id)
+        settings,
+        lambda store: admin.rotate_secret(store, SystemClock(), client_id),
+        # Never the secret: the event names the client only.
+        audit=lambda rotated: change("client.rotate_secret", rotated[0].client_id),
     )
     echo_data(
         {"client_id": client.client_id, "client_secret": secret},

@@ -12,6 +12,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from keystile.admin_audit import admin_action, cli_actor, record_admin_action
+from keystile.clock import SystemClock
 from keystile.errors import ConfigurationError, KeystileError
 from keystile.settings import ServerSettings
 from keystile.store.base import Conflict, NotFound, Store
@@ -44,13 +46,22 @@ def load_settings(config: Path | None, **flags: Any) -> ServerSettings:
 
 
 def run_admin(
-    settings: ServerSettings, action: Callable[[Store], Awaitable[T]], *, create: bool = False
+    settings: ServerSettings,
+    action: Callable[[Store], Awaitable[T]],
+    *,
+    create: bool = False,
+    audit: Callable[[T], dict[str, Any]] | None = None,
 ) -> T:
     """Open the store the settings name, run one admin action, close it.
 
     Only commands that make something (``create=True``: serve, db upgrade, the create
     commands) may create a missing SQLite database; the others exit 2 instead of leaving an
     empty database (and its folder) behind a mistyped path.
+
+    A command that changes something gives ``audit``: from the action's result, what changed
+    (``admin_audit.change``), named as the admin API names it. Once the change is made, the
+    ``admin_action`` event is written with ``"actor": "cli"``, the OS user and the host, so
+    the audit trail holds CLI changes beside API and console ones (docs/admin.md).
     """
     from keystile.server.app import open_store
 
@@ -61,7 +72,16 @@ def run_admin(
         store = open_store(settings)
         await store.open()
         try:
-            return await action(store)
+            result = await action(store)
+            if audit is not None:
+                payload = admin_action(audit(result), cli_actor())
+                if not await record_admin_action(store, SystemClock(), payload):
+                    typer.echo(
+                        "keystile: warning: the change was made, but its audit event could "
+                        "not be written",
+                        err=True,
+                    )
+            return result
         finally:
             await store.close()
 

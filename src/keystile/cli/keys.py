@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from keystile.admin_audit import change
 from keystile.cli.common import (
     ConfigOpt,
     DbOpt,
@@ -66,6 +67,7 @@ def key_create(
             store, SystemClock(), key_admin.require_kek(settings), alg=alg or "ES256"
         ),
         create=True,
+        audit=lambda key: change("signing_key.create", key.kid, alg=key.alg),
     )
     _print_keys(_key_views([key]), as_json)
 
@@ -82,6 +84,9 @@ def key_rotate(
         settings,
         lambda store: key_admin.rotate(
             store, SystemClock(), key_admin.require_kek(settings), alg=alg
+        ),
+        audit=lambda keys: change(
+            "signing_key.rotate", keys[0].kid, retired=keys[1].kid if keys[1] else None
         ),
     )
     _print_keys(_key_views([active] + ([retired] if retired else [])), as_json)
@@ -110,5 +115,6 @@ def key_retire(
     key = run_admin(
         settings,
         lambda store: key_admin.retire(store, SystemClock(), kid, immediately=immediately),
+        audit=lambda key: change("signing_key.retire", key.kid, immediately=immediately),
     )
     _print_keys(_key_views([key]), as_json)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from keystile import registration_admin
+from keystile.admin_audit import change
 from keystile.cli.common import (
     ConfigOpt,
     DbOpt,
@@ -57,6 +58,8 @@ def token_create(
             description=description,
         ),
         create=True,
+        # Never the token's value: the event names its id only.
+        audit=lambda made: change("registration_token.create", made[0].token_id),
     )
     view = {**registration_admin.initial_token_view(token, clock.now()), "token": value}
     echo_data(view, as_json)
@@ -87,6 +90,8 @@ def token_revoke(
     """Revoke an initial access token: it registers nothing more."""
     settings = load_settings(config, db=db)
     run_admin(
-        settings, lambda store: registration_admin.revoke_initial_access_token(store, token_id)
+        settings,
+        lambda store: registration_admin.revoke_initial_access_token(store, token_id),
+        audit=lambda _: change("registration_token.delete", token_id),
     )
     echo_data({"token_id": token_id, "revoked": True}, as_json, f"{token_id} revoked")

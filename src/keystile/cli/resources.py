@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from keystile import admin
+from keystile.admin_audit import change, given_fields
 from keystile.cli.common import (
     ConfigOpt,
     DbOpt,
@@ -74,6 +75,17 @@ def resource_create(
             introspection_response=introspection_response or "json",
         ),
         create=True,
+        audit=lambda rs: change(
+            "resource_server.create",
+            rs.identifier,
+            fields=given_fields(
+                name=name,
+                introspection_clients=client,
+                claims=claims,
+                rules=allow,
+                introspection_response=introspection_response,
+            ),
+        ),
     )
     echo_data(admin.resource_server_view(rs), as_json)
 
@@ -127,6 +139,17 @@ def resource_update(
             rules=None if allow is None else ["audience", *(split_all(allow) or [])],
             introspection_response=introspection_response,
         ),
+        audit=lambda rs: change(
+            "resource_server.update",
+            rs.identifier,
+            fields=given_fields(
+                name=name,
+                introspection_clients=client,
+                claims=claims,
+                rules=allow,
+                introspection_response=introspection_response,
+            ),
+        ),
     )
     echo_data(admin.resource_server_view(rs), as_json)
 
@@ -137,7 +160,11 @@ def resource_delete(
 ) -> None:
     """Delete a resource server; its clients can no longer introspect."""
     settings = load_settings(config, db=db)
-    run_admin(settings, lambda store: admin.delete_resource_server(store, identifier))
+    run_admin(
+        settings,
+        lambda store: admin.delete_resource_server(store, identifier),
+        audit=lambda _: change("resource_server.delete", identifier),
+    )
     echo_data(
         {"identifier": identifier, "deleted": True},
         as_json,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from keystile import token_admin
+from keystile.admin_audit import change
 from keystile.cli.common import ConfigOpt, DbOpt, JsonOpt, echo_data, load_settings, run_admin
 from keystile.clock import SystemClock
 
@@ -49,7 +50,9 @@ def token_revoke(
     settings = load_settings(config, db=db)
     clock = SystemClock()
     record = run_admin(
-        settings, lambda store: token_admin.revoke_token(store, clock, jti=jti, digest=digest)
+        settings,
+        lambda store: token_admin.revoke_token(store, clock, jti=jti, digest=digest),
+        audit=lambda record: change("token.revoke", record.jti, client_id=record.client_id),
     )
     echo_data(token_admin.token_view(record, clock.now()), as_json)
 
@@ -64,7 +67,9 @@ def token_revoke_client(
     """Revoke every live token of a client; the client stays enabled."""
     settings = load_settings(config, db=db)
     n = run_admin(
-        settings, lambda store: token_admin.revoke_client_tokens(store, SystemClock(), client_id)
+        settings,
+        lambda store: token_admin.revoke_client_tokens(store, SystemClock(), client_id),
+        audit=lambda n: change("client.revoke_tokens", client_id, tokens_revoked=n),
     )
     echo_data(
         {"client_id": client_id, "tokens_revoked": n},

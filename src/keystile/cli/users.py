@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from keystile import admin
+from keystile.admin_audit import change, given_fields
 from keystile.cli.common import (
     ConfigOpt,
     DbOpt,
@@ -20,6 +21,7 @@ from keystile.cli.common import (
     run_admin,
 )
 from keystile.clock import SystemClock
+from keystile.core.models import User
 from keystile.errors import ConfigurationError
 
 user_app = typer.Typer(help="Users: people who sign in to authorize clients.", no_args_is_help=True)
@@ -114,6 +116,7 @@ def user_create(
             roles=role or (),
         ),
         create=True,
+        audit=lambda made: change("user.create", made.user_id, username=made.username),
     )
     _print_user(user, as_json)
 
@@ -159,6 +162,9 @@ def user_update(
 ) -> None:
     """Change a user's claims (name, preferred_username, email, email_verified)."""
     settings = load_settings(config, db=db)
+    fields = given_fields(
+        name=name, preferred_username=preferred_username, email=email, email_verified=email_verified
+    )
     found = run_admin(
         settings,
         lambda store: admin.update_user(
@@ -169,6 +175,12 @@ def user_update(
             preferred_username=preferred_username,
             email=email,
             email_verified=email_verified,
+        ),
+        audit=lambda updated: change(
+            "user.update",
+            updated.user_id,
+            username=updated.username,
+            fields=fields,
         ),
     )
     _print_user(found, as_json)
@@ -187,7 +199,10 @@ def user_passwd(
     run_admin(settings, lambda store: admin.get_user(store, user))  # before asking for a password
     password = _read_password(password_stdin)
     found = run_admin(
-        settings, lambda store: admin.set_password(store, SystemClock(), user, password)
+        settings,
+        lambda store: admin.set_password(store, SystemClock(), user, password),
+        # Never the password: the event names the user only.
+        audit=lambda found: change("user.password", found.user_id, username=found.username),
     )
     echo_data(
         {"user_id": found.user_id, "username": found.username, "password_changed": True},
@@ -207,9 +222,20 @@ def user_set_roles(
     """Replace a user's roles (no --role: none)."""
     settings = load_settings(config, db=db)
     found = run_admin(
-        settings, lambda store: admin.set_user_roles(store, SystemClock(), user, role or ())
+        settings,
+        lambda store: admin.set_user_roles(store, SystemClock(), user, role or ()),
+        audit=lambda found: change(
+            "user.roles", found.user_id, username=found.username, roles=sorted(found.roles)
+        ),
     )
     _print_user(found, as_json)
+
+
+def _enabled_change(done: tuple[User, int], enabled: bool) -> dict[str, Any]:
+    """The audit event of enable or disable, as POST /admin/v1/users/{user}/... writes it."""
+    user, n = done
+    action = "user.enable" if enabled else "user.disable"
+    return change(action, user.user_id, username=user.username, tokens_revoked=n)
 
 
 @user_app.command("disable")
@@ -219,7 +245,9 @@ def user_disable(
     """Disable a user: end their sessions, revoke their grants and every token from them."""
     settings = load_settings(config, db=db)
     found, n = run_admin(
-        settings, lambda store: admin.set_user_enabled(store, SystemClock(), user, False)
+        settings,
+        lambda store: admin.set_user_enabled(store, SystemClock(), user, False),
+        audit=lambda done: _enabled_change(done, False),
     )
     echo_data(
         {
@@ -240,7 +268,9 @@ def user_enable(
     """Enable a user again (what was revoked stays revoked)."""
     settings = load_settings(config, db=db)
     found, _ = run_admin(
-        settings, lambda store: admin.set_user_enabled(store, SystemClock(), user, True)
+        settings,
+        lambda store: admin.set_user_enabled(store, SystemClock(), user, True),
+        audit=lambda done: _enabled_change(done, True),
     )
     echo_data(
         {"user_id": found.user_id, "username": found.username, "enabled": True},
@@ -256,7 +286,14 @@ def user_revoke_sessions(
     """Sign a user out everywhere: end their sessions, revoke their grants and tokens."""
     settings = load_settings(config, db=db)
     found, n = run_admin(
-        settings, lambda store: admin.revoke_user_sessions(store, SystemClock(), user)
+        settings,
+        lambda store: admin.revoke_user_sessions(store, SystemClock(), user),
+        audit=lambda done: change(
+            "user.revoke_sessions",
+            done[0].user_id,
+            username=done[0].username,
+            tokens_revoked=done[1],
+        ),
     )
     echo_data(
         {"user_id": found.user_id, "username": found.username, "tokens_revoked": n},
@@ -279,7 +316,13 @@ def user_delete(
     # Without a terminal there is no one to ask: delete without asking, as --yes does.
     if not yes and _stdin_is_tty():
         typer.confirm(f"Delete user {user} and revoke their tokens?", abort=True)
-    found, n = run_admin(settings, lambda store: admin.delete_user(store, SystemClock(), user))
+    found, n = run_admin(
+        settings,
+        lambda store: admin.delete_user(store, SystemClock(), user),
+        audit=lambda done: change(
+            "user.delete", done[0].user_id, username=done[0].username, tokens_revoked=done[1]
+        ),
+    )
     echo_data(
         {
             "user_id": found.user_id,

@@ -10,7 +10,6 @@ when and from where. Off unless ``admin_api`` is set.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keystile.admin_audit import admin_action, record_admin_action
 from keystile.clock import Clock
 from keystile.server.admin_handlers import (
     PREFIX,
@@ -69,9 +69,7 @@ from keystile.server.admin_http import (
 from keystile.server.instance_stats import InstanceStatsBoard
 from keystile.server.keys import SigningKeys
 from keystile.settings import ServerSettings
-from keystile.store.base import ADMIN_ACTION, Store
-
-log = logging.getLogger("keystile.admin")
+from keystile.store.base import Store
 
 __all__ = ["OPERATIONS", "PREFIX", "AdminApi", "Operation", "write_audit"]
 
@@ -261,9 +259,9 @@ async def write_audit(
     status: int,
 ) -> None:
     """The audit event of a change: who (client, token jti, user), what, when (the event's
-    time), from where. Written after the change commits; never holds a secret."""
-    payload = {
-        **audit,
+    time), from where. Written after the change commits; never holds a secret. The payload
+    is the CLI's too, but for who made the change (keystile/admin_audit.py)."""
+    who = {
         "actor": caller.client_id,
         "actor_jti": caller.jti,
         **({"actor_user": caller.user} if caller.user else {}),
@@ -272,10 +270,4 @@ async def write_audit(
         "path": path,
         "status": status,
     }
-    log.info(
-        "admin change", extra={k: payload[k] for k in ("action", "target", "actor", "address")}
-    )
-    try:
-        await store.append_event(ADMIN_ACTION, clock.now(), payload)
-    except Exception:  # the change is made: say so, and log that its record failed
-        log.exception("admin audit event not written", extra={"action": audit.get("action")})
+    await record_admin_action(store, clock, admin_action(audit, who))

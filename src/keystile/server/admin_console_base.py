@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keystile import admin
+from keystile.admin_audit import change
 from keystile.clock import Clock
 from keystile.core.forms import Form, parse_form
 from keystile.core.metadata import AUTHORIZATION_PATH, TOKEN_PATH
@@ -301,7 +302,7 @@ class ConsoleBase(PageCookies):
             self.store,
             self.clock,
             caller,
-            {"action": action, "target": target, **details, "via": "console"},
+            change(action, target, **details, via="console"),
             method=request.method,
             path=request.url.path,
             status=status,

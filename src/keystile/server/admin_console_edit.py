@@ -1,8 +1,8 @@
 """The console's pages for one client, resource server or user (docs/admin.md): change
-its settings, enable or disable it, delete it after a confirmation. Each runs the
-operation the CLI and the admin API run (admin.py, user_admin.py) and writes the same
-audit event, with ``"via": "console"``. The lists and the creation forms are in
-admin_console.py."""
+its settings, enable or disable it, delete it after a confirmation, rotate a client's secret
+(likewise confirmed), sign a user out everywhere. Each runs the operation the CLI and the
+admin API run (admin.py, user_admin.py) and writes the same audit event, with
+``"via": "console"``. The lists and the creation forms are in admin_console.py."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from keystile.server.admin_http import AdminCaller
 from keystile.store.base import Conflict, NotFound
 
 _OperationError = (ConfigurationError, Conflict, NotFound)
+# The authentication methods whose clients hold a secret the console may rotate.
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 
 
 def _status(exc: Exception) -> int:
@@ -51,11 +53,14 @@ class ConsoleEditPages(ConsoleBase):
         what: str,
         consequence: str,
         back: str,
+        op: str = "delete",
+        verb: str = "Delete",
     ) -> Response:
-        """The confirmation asked before a delete: a second POST with confirm=yes."""
+        """The confirmation asked before a delete (or a secret rotation): a second POST
+        with confirm=yes."""
         return await self._page(
             request, token, caller, "admin_confirm.html", what=what, consequence=consequence,
-            action=request.url.path, back=back,
+            action=request.url.path, back=back, op=op, verb=verb,
         )  # fmt: skip
 
     # -- clients ------------------------------------------------------------------------------
@@ -122,6 +127,16 @@ class ConsoleEditPages(ConsoleBase):
                         request, caller, "client.delete", client_id, 200, tokens_revoked=n
                     )
                     return self._redirect("/admin/clients")
+                elif action == "rotate-secret":
+                    if posted.get("confirm") != "yes":
+                        return await self._confirm(
+                            request, token, caller, what=f"the secret of client {client_id}",
+                            consequence="The client gets a new secret, shown once; the old "
+                            "secret stops working at the token and introspection endpoints "
+                            "at once (tokens already issued stay valid).",
+                            back=back, op="rotate-secret", verb="Rotate",
+                        )  # fmt: skip
+                    return await self._rotate_secret(request, caller, token, client_id, back)
                 else:
                     raise ConfigurationError(f"unknown action: {action!r}")
             except _OperationError as exc:
@@ -130,6 +145,24 @@ class ConsoleEditPages(ConsoleBase):
         return await self._page(
             request, token, caller, "admin_client.html", status=status, client=view, form=form,
             error=error, notice=notice, action=back,
+        )  # fmt: skip
+
+    async def _rotate_secret(
+        self, request: Request, caller: AdminCaller, token: str, client_id: str, back: str
+    ) -> Response:
+        """A new secret, shown on this one answer page only (no-store, as every console
+        page); the audit event and the log name the client, never the secret."""
+        client = await admin.get_client(self.store, client_id)
+        if client.auth_method not in SECRET_METHODS:
+            raise ConfigurationError(
+                f"client {client_id!r} authenticates with {client.auth_method}: it has no secret"
+            )
+        client, secret = await admin.rotate_secret(self.store, self.clock, client_id)
+        await self._audit(request, caller, "client.rotate_secret", client_id, 200)
+        return await self._page(
+            request, token, caller, "admin_created.html",
+            heading=f"New secret for client {client_id}", secret=secret,
+            note="The old secret no longer works.", back=back, back_label="Back to the client",
         )  # fmt: skip
 
     # -- resource servers ---------------------------------------------------------------------
@@ -246,6 +279,17 @@ class ConsoleEditPages(ConsoleBase):
                         username=user.username, tokens_revoked=n,
                     )  # fmt: skip
                     return self._redirect("/admin/users")
+                elif action == "revoke-sessions":
+                    _, n = await admin.revoke_user_sessions(self.store, self.clock, user_id)
+                    await self._audit(
+                        request, caller, "user.revoke_sessions", user_id, 200,
+                        username=user.username, tokens_revoked=n,
+                    )  # fmt: skip
+                    notice = f"Signed out everywhere: {n} live token(s) revoked." + (
+                        " That ended your console session too: sign in again."
+                        if user.username == caller.user
+                        else ""
+                    )
                 else:
                     raise ConfigurationError(f"unknown action: {action!r}")
             except _OperationError as exc:

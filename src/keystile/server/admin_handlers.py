@@ -11,6 +11,7 @@ from urllib.parse import quote
 from starlette.responses import Response
 
 from keystile import admin, key_admin, registration_admin, token_admin
+from keystile.admin_audit import field_names, given_fields
 from keystile.core.jwt_profile import looks_like_jwt
 from keystile.core.tokens import stored_digest
 from keystile.errors import ConfigurationError
@@ -25,18 +26,6 @@ PREFIX = "/admin/v1"
 
 async def list_clients(call: Call) -> Response:
     return json_response(page(call.request, await admin.list_clients(call.store), "client_id"))
-
-
-# Keyword names of the shared operations -> field names of the JSON (for audit events).
-_WIRE_NAMES = {
-    "auth_method": "token_endpoint_auth_method",
-    "scopes": "scope",
-    "rules": "introspection_rules",
-}
-
-
-def _names(given: dict[str, Any]) -> list[str]:
-    return sorted(_WIRE_NAMES.get(name, name) for name in given)
 
 
 def _client_fields(body: Body) -> dict[str, Any]:
@@ -70,7 +59,7 @@ async def create_client(call: Call) -> Response:
     given.setdefault("default_audience", [])
     given.setdefault("redirect_uris", [])
     client, secret = await admin.create_client(call.store, call.clock, client_id=client_id, **given)
-    call.changed("client.create", client.client_id, fields=_names(given))
+    call.changed("client.create", client.client_id, fields=field_names(given))
     view = admin.client_view(client)
     if client.auth_method not in ("private_key_jwt", "none"):
         # Shown only now: keystile keeps its SHA-256 digest, never the secret.
@@ -90,7 +79,7 @@ async def update_client(call: Call) -> Response:
     body.done()
     given = {k: v for k, v in fields.items() if v is not None}
     client = await admin.update_client(call.store, call.clock, call.param("client_id"), **given)
-    call.changed("client.update", client.client_id, fields=_names(given))
+    call.changed("client.update", client.client_id, fields=field_names(given))
     return json_response(admin.client_view(client))
 
 
@@ -152,7 +141,7 @@ async def create_resource_server(call: Call) -> Response:
     given = {k: v for k, v in _rs_fields(body).items() if v is not None}
     body.done()
     rs = await admin.create_resource_server(call.store, call.clock, identifier=identifier, **given)
-    call.changed("resource_server.create", rs.identifier, fields=_names(given))
+    call.changed("resource_server.create", rs.identifier, fields=field_names(given))
     location = f"{PREFIX}/resource-servers/{quote(rs.identifier, safe='')}"
     return json_response(admin.resource_server_view(rs), 201, {"Location": location})
 
@@ -169,7 +158,7 @@ async def update_resource_server(call: Call) -> Response:
     rs = await admin.update_resource_server(
         call.store, call.clock, call.param("identifier"), **given
     )
-    call.changed("resource_server.update", rs.identifier, fields=_names(given))
+    call.changed("resource_server.update", rs.identifier, fields=field_names(given))
     return json_response(admin.resource_server_view(rs))
 
 
@@ -234,18 +223,13 @@ async def update_user_claims(call: Call) -> Response:
         email=email,
         email_verified=email_verified,
     )
-    given = {
-        "name": name,
-        "preferred_username": preferred_username,
-        "email": email,
-        "email_verified": email_verified,
-    }
-    call.changed(
-        "user.update",
-        user.user_id,
-        username=user.username,
-        fields=sorted(k for k, v in given.items() if v is not None),
+    fields = given_fields(
+        name=name,
+        preferred_username=preferred_username,
+        email=email,
+        email_verified=email_verified,
     )
+    call.changed("user.update", user.user_id, username=user.username, fields=fields)
     return json_response(admin.user_view(user))
 
 

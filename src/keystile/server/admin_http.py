@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from keystile.admin import ADMIN_ROLE
+from keystile.admin_audit import change
 from keystile.clock import Clock
 from keystile.core.jwt_profile import looks_like_jwt
 from keystile.core.models import Client, TokenRecord, User
@@ -372,7 +373,7 @@ class Call:
 
     def changed(self, action: str, target: str, **details: Any) -> None:
         """Note the change for the audit event (never a secret in ``details``)."""
-        self.audit = {"action": action, "target": target, **details}
+        self.audit = change(action, target, **details)
 
 
 Handler = Callable[[Call], Awaitable[Response]]
