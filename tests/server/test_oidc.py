@@ -279,6 +279,28 @@ class TestPrompt:
         params = auth_params(prompt="none", login_hint=rp.user.user_id)
         assert "code" in query(await http.get(AUTHORIZE, params=params))
 
+    async def test_sub_value_is_answered_only_for_that_user(self, http, rp: Rp) -> None:
+        """OIDC Core §5.5.1: claims={"id_token": {"sub": {"value": X}}} gets a code only while
+        X is the signed-in user: with prompt=none another user gets login_required, without
+        it the sign-in page asks for the right account; X itself gets its code."""
+        r = await http.get(AUTHORIZE, params=auth_params())
+        await allow(http, await log_in(http, r), remember="yes")
+        other = json.dumps({"id_token": {"sub": {"value": "usr_someone_else"}}})
+        got = query(await http.get(AUTHORIZE, params=auth_params(prompt="none", claims=other)))
+        assert got["error"] == "login_required"
+        assert "code" not in got
+        page = await http.get(AUTHORIZE, params=auth_params(claims=other))
+        assert page.status_code == 200
+        assert 'action="/login"' in page.text
+        assert "asked for another account" in page.text
+        mine = json.dumps({"id_token": {"sub": {"value": rp.user.user_id}}})
+        got = query(await http.get(AUTHORIZE, params=auth_params(prompt="none", claims=mine)))
+        assert "code" in got
+        for bad in ({"value": 7}, {"value": ""}):
+            claims = json.dumps({"id_token": {"sub": bad}})
+            got = query(await http.get(AUTHORIZE, params=auth_params(claims=claims)))
+            assert got["error"] == "invalid_request"
+
     @pytest.mark.parametrize("prompt", ["none login", "select_account", "bogus"])
     async def test_bad_prompt(self, http, rp: Rp, prompt: str) -> None:
         """§3.1.2.1: none with another value, or an unsupported value: invalid_request."""

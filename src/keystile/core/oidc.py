@@ -89,9 +89,11 @@ def parse_nonce(value: str | None) -> str | None:
 
 def parse_claims_request(value: str | None) -> str:
     """§5.5 ``claims``: a JSON object whose ``id_token`` and ``userinfo`` members name the
-    claims wanted. Normalised to ``{"id_token": [...], "userinfo": [...]}`` as JSON (keys
-    only: we honour neither ``essential`` nor ``value`` beyond returning what we have), or
-    "" for none. Claims we do not keep are dropped, as §5.5 allows."""
+    claims wanted. Normalised to ``{"id_token": [...], "userinfo": [...]}`` as JSON, or "" for
+    none. Claims we do not keep are dropped, as §5.5 allows; ``essential`` and ``values`` of
+    user claims change nothing beyond returning what we have (§5.5.1 lets the OP do so). One
+    ``value`` binds: ``id_token.sub.value``, kept as ``"sub"``: only that user may be
+    answered for (§5.5.1, see ``requested_subject``)."""
     if value is None:
         return ""
     if len(value) > MAX_CLAIMS_REQUEST:
@@ -102,7 +104,7 @@ def parse_claims_request(value: str | None) -> str:
         raise OidcRequestError("the claims parameter must be a JSON object") from None
     if not isinstance(doc, dict):
         raise OidcRequestError("the claims parameter must be a JSON object")
-    out: dict[str, list[str]] = {}
+    out: dict[str, Any] = {}
     for target in ("id_token", "userinfo"):
         member = doc.get(target)
         if member is None:
@@ -114,7 +116,26 @@ def parse_claims_request(value: str | None) -> str:
         names = sorted(n for n in member if n in USER_CLAIMS)
         if names:
             out[target] = names
+        if (
+            target == "id_token"
+            and isinstance(member.get("sub"), dict)
+            and "value" in member["sub"]
+        ):
+            wanted = member["sub"]["value"]
+            if not isinstance(wanted, str) or not wanted:
+                raise OidcRequestError("claims.id_token.sub.value must be a non-empty string")
+            out["sub"] = wanted
     return orjson.dumps(out).decode() if out else ""
+
+
+def requested_subject(claims: str) -> str | None:
+    """§5.5.1: the ``sub`` an RP asked for by value in the ID token. The OP "MUST only send a
+    positive response if the End-User identified by that sub value" is the one signed in,
+    and "MUST NOT reply with an ID Token or Access Token for a different user"."""
+    if not claims:
+        return None
+    wanted = orjson.loads(claims).get("sub")
+    return wanted if isinstance(wanted, str) else None
 
 
 def claims_requested(claims: str, target: ClaimsTarget) -> tuple[str, ...]:

@@ -25,11 +25,12 @@ from keystile.core.oidc import (
     INTERACTION_REQUIRED,
     LOGIN_REQUIRED,
     identity_claims,
+    requested_subject,
     scope_claims,
 )
 from keystile.core.scope import format_scope
 from keystile.core.tokens import new_authorization_code, token_hash
-from keystile.server.ui_pages import LoginPages
+from keystile.server.ui_pages import OTHER_USER_REQUESTED, LoginPages
 from keystile.store.base import Conflict
 
 log = logging.getLogger("keystile.server")
@@ -84,6 +85,14 @@ class AuthorizationPages(LoginPages):
                 request, carried=carried, areq=areq, username=areq.login_hint or ""
             )
         session, user = found
+        wanted = requested_subject(areq.claims)
+        if wanted is not None and wanted != user.user_id:
+            # OIDC Core §5.5.1: the RP asked for this user only; never answer for another.
+            if silent:
+                return interaction(LOGIN_REQUIRED, "the requested user is not signed in")
+            return await self._login_page(
+                request, carried=carried, areq=areq, message=OTHER_USER_REQUESTED
+            )
         if silent and areq.login_hint and not _is_hinted(user, areq.login_hint):
             # Signed in as someone else than the RP expects: only the person can sort it out.
             return interaction(INTERACTION_REQUIRED, "another user is signed in")

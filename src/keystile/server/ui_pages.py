@@ -58,6 +58,7 @@ LOGOUT_PATH = "/logout"
 CONSENT_PATH = "/oauth2/consent"
 
 WRONG_CREDENTIALS = "Wrong username or password."
+OTHER_USER_REQUESTED = "This application asked for another account: sign in as that user."
 # The identity claims (OIDC Core §5.1) in plain words, for the consent page.
 CLAIM_DESCRIPTIONS: Mapping[str, str] = {
     "name": "Your name",
@@ -363,7 +364,10 @@ class LoginPages(UiBase):
         areq: AuthorizationRequest | None,
         username: str = "",
         error: bool = False,
+        message: str | None = None,
     ) -> Response:
+        """The sign-in form; ``error``: wrong credentials (401), ``message``: why the person
+        is asked to sign in (e.g. as another user)."""
         csrf_cookie, new = self._csrf_cookie_or_new(request)
         response = self._page(
             "login.html",
@@ -372,7 +376,7 @@ class LoginPages(UiBase):
             carried=carried,
             client_name=areq.client.name if areq is not None else None,
             username=username,
-            error=WRONG_CREDENTIALS if error else None,
+            error=WRONG_CREDENTIALS if error else message,
             login_path=LOGIN_PATH,
         )
         if new:
