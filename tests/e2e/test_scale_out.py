@@ -24,6 +24,7 @@ pytestmark = pytest.mark.process
 
 THROTTLE_LIMIT = 3
 THROTTLE_WINDOW = 60
+REGISTRATION_LIMIT = 3
 INVALID_CLIENT = {"error": "invalid_client", "error_description": "client authentication failed"}
 
 
@@ -44,10 +45,20 @@ def pair(pg_url: str, redis_url: str, redis_prefix: str, start_server: ServerSta
         KEYSTILE_REDIS_PREFIX=redis_prefix,
         KEYSTILE_THROTTLE_FAILURES=str(THROTTLE_LIMIT),
         KEYSTILE_THROTTLE_WINDOW=str(THROTTLE_WINDOW),
+        KEYSTILE_REGISTRATION="open",
+        KEYSTILE_REGISTRATION_RATE_LIMIT=str(REGISTRATION_LIMIT),
+        KEYSTILE_REGISTRATION_RATE_WINDOW=str(THROTTLE_WINDOW),
     )
     a = start_server("--demo", "--db", pg_url, db_flag=False, env=env)
     b = start_server("--no-demo", "--db", pg_url, db_flag=False, env=env)
     return Pair(a, b, parse_demo(a.stdout), pg_url)
+
+
+def _inside_a_window() -> None:
+    """The shared windows are aligned to the clock (every process counts the same one):
+    attempts straddling a boundary count in two windows. Start well inside one."""
+    if time.time() % THROTTLE_WINDOW > THROTTLE_WINDOW - 10:
+        time.sleep(THROTTLE_WINDOW - time.time() % THROTTLE_WINDOW + 0.2)
 
 
 def _eventually(check: Callable[[], bool], within: float = 3.0) -> None:
@@ -125,10 +136,7 @@ class TestSharedState:
                 "store": "ok",
                 "redis": "ok",
             }
-        # The shared windows are aligned to the clock (every process counts the same one):
-        # failures straddling a boundary count in two windows. Start well inside one.
-        if time.time() % THROTTLE_WINDOW > THROTTLE_WINDOW - 10:
-            time.sleep(THROTTLE_WINDOW - time.time() % THROTTLE_WINDOW + 0.2)
+        _inside_a_window()
         wrong = Creds("demo-app", "not-the-secret")
         for _ in range(THROTTLE_LIMIT):
             assert a.token(wrong).status_code == 401
@@ -139,6 +147,19 @@ class TestSharedState:
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) >= 1
         assert b.token(demo.app).status_code == 200
+
+    def test_registrations_on_a_count_on_b(self, pair: Pair) -> None:
+        """The registration rate limit (RFC 7591 endpoint, per address) is shared through
+        Redis too: after REGISTRATION_LIMIT registrations on A, B answers 429."""
+        body = {"redirect_uris": ["http://127.0.0.1:8123/cb"], "token_endpoint_auth_method": "none"}
+        _inside_a_window()
+        for _ in range(REGISTRATION_LIMIT):
+            assert pair.a.http.post("/oauth2/register", json=body).status_code == 201
+        # B hears A's totals within milliseconds (published, not polled).
+        time.sleep(1.0)
+        r = pair.b.http.post("/oauth2/register", json=body)
+        assert r.status_code == 429, r.text
+        assert int(r.headers["retry-after"]) >= 1
 
     def test_revocation_on_b_is_streamed_by_a(self, pair: Pair) -> None:
         """A revocation committed through B reaches an event stream open on A promptly:

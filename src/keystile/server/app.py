@@ -225,6 +225,19 @@ def create_app(
         window=settings.login_window,
         name="login-throttle",
     )
+    # Registration attempts per address (RFC 7591 endpoint), when registration is on.
+    registration_throttle = (
+        _shared_throttle(
+            settings,
+            the_clock,
+            limit=settings.registration_rate_limit,
+            window=settings.registration_rate_window,
+            name="registration-throttle",
+        )
+        if settings.registration != "off"
+        else None
+    )
+    own_throttles = [t for t in (shared_throttle, login_throttle, registration_throttle) if t]
     endpoints = OAuthEndpoints(
         settings, the_store, the_clock, the_metrics, throttle=shared_throttle
     )
@@ -338,10 +351,8 @@ def create_app(
             await lease(settings.answer_lease)
         else:
             lease = None
-        if shared_throttle is not None:
-            await shared_throttle.start()
-        if login_throttle is not None:
-            await login_throttle.start()
+        for throttle in own_throttles:
+            await throttle.start()
         try:
             await endpoints.signing.start()  # the first start makes a signing key
         except KeystileError as exc:
@@ -363,10 +374,8 @@ def create_app(
             multiprocess_metrics.process_ended()  # --workers: leave the in-flight sum
             if lease is not None:
                 await the_store.stop_answer_lease()  # type: ignore[attr-defined]
-            if shared_throttle is not None:
-                await shared_throttle.stop()
-            if login_throttle is not None:
-                await login_throttle.stop()
+            for throttle in own_throttles:
+                await throttle.stop()
             if owns_store:
                 await the_store.close()
 
@@ -400,7 +409,9 @@ def create_app(
                 clients=endpoints.clients,  # one document cache per process
             ),
             # Dynamic client registration (RFC 7591, RFC 7592): no routes while off.
-            *RegistrationEndpoint(settings, the_store, the_clock).routes(),
+            *RegistrationEndpoint(
+                settings, the_store, the_clock, throttle=registration_throttle
+            ).routes(),
             # The admin API and console (docs/admin.md): no routes while off.
             *admin_api.routes(),
             *admin_console.routes(),

@@ -43,7 +43,7 @@ from keystile.errors import (
     StoreUnavailable,
     TooManyRequests,
 )
-from keystile.server.throttle import FailureThrottle
+from keystile.server.throttle import FailureThrottle, Throttle
 from keystile.settings import ServerSettings
 from keystile.store.base import Conflict, NotFound, Store
 
@@ -64,14 +64,22 @@ class RegistrationFull(OAuthError):
 class RegistrationEndpoint:
     """``RegistrationEndpoint(settings, store, clock).routes()``: the Starlette routes."""
 
-    def __init__(self, settings: ServerSettings, store: Store, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        clock: Clock,
+        *,
+        throttle: Throttle | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
         self.base = settings.effective_issuer.rstrip("/") + REGISTRATION_PATH
         # Every registration attempt, and every failed management call, counts against
-        # the caller's address: a fixed window per process (server/throttle.py).
-        self.throttle = FailureThrottle(
+        # the caller's address: a fixed window, shared by every AS process through Redis
+        # when redis_url is set (``throttle``), else per process (server/throttle.py).
+        self.throttle: Throttle = throttle or FailureThrottle(
             clock,
             limit=settings.registration_rate_limit,
             window=settings.registration_rate_window,
