@@ -99,6 +99,12 @@ class ServerSettings(BaseSettings):
     access_token_ttl: int = Field(
         3600, ge=1, le=86400 * 30, description="Default access-token lifetime for new clients."
     )
+    id_token_ttl: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="ID-token lifetime in seconds (OpenID Connect; it grants nothing).",
+    )
     max_body_bytes: int = Field(16384, ge=1024, le=1 << 20, description="Largest request body.")
     throttle_failures: int = Field(
         10, ge=1, description="Failed client authentications allowed per window, per key."

@@ -4,6 +4,7 @@ prompt, max_age, login_hint, claims and refresh, against the real app and a real
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import jwt as pyjwt
@@ -11,6 +12,7 @@ import pytest
 
 from keystile import admin
 from keystile.clock import FixedClock
+from keystile.settings import ServerSettings
 from tests.conftest import ISSUER
 from tests.server.jwt_support import WALL
 from tests.server.oidc_support import (
@@ -210,6 +212,29 @@ class TestIdToken:
         await admin.update_client(store, clock, RP, id_token_signed_response_alg="ES256")
         body = await tokens(http, rp)
         assert pyjwt.get_unverified_header(body["id_token"])["alg"] == "ES256"
+
+
+class TestIdTokenLifetime:
+    @pytest.fixture
+    def settings(self, db_path: Path) -> ServerSettings:
+        return ServerSettings(
+            db=str(db_path), issuer=ISSUER, purge_interval=0, access_log=False, id_token_ttl=600
+        )
+
+    async def test_id_token_ttl_sets_exp(self, http, rp: Rp, clock) -> None:
+        """id_token_ttl sets exp = iat + ttl, on the code exchange and on refresh (§12.2)."""
+        body = (await exchange(http, rp, await code_for(http, auth_params()))).json()
+        claims = await verify_id_token(http, body["id_token"])
+        assert claims["exp"] == claims["iat"] + 600 == clock.now() + 600
+        clock.advance(60)
+        r = await http.post(
+            TOKEN,
+            data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
+            auth=rp.creds.auth,
+        )
+        assert r.status_code == 200, r.text
+        again = await verify_id_token(http, r.json()["id_token"])
+        assert again["exp"] == clock.now() + 600
 
 
 class TestRefresh:

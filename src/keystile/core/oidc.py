@@ -20,7 +20,7 @@ from keystile.core.models import Client, Grant, User
 OPENID = "openid"
 # OIDC Core §2 defines no typ; "JWT" is what every RP library accepts.
 ID_TOKEN_TYP = "JWT"  # noqa: S105 - a media type, not a secret
-ID_TOKEN_TTL = 3600  # seconds: an ID token says who signed in, it grants nothing
+ID_TOKEN_TTL = 3600  # seconds, by default (id_token_ttl): it says who signed in, grants nothing
 MAX_NONCE = 512  # characters; a nonce is echoed in a signed token, so keep it bounded
 MAX_CLAIMS_REQUEST = 4096  # characters of the claims parameter (JSON)
 
@@ -208,6 +208,7 @@ def id_token_claims(
     alg: str,
     access_token: str,
     nonce: str | None,
+    ttl: int = ID_TOKEN_TTL,
 ) -> dict[str, Any]:
     """The ID token of an authorization code or refresh token response (§2, §3.1.3.3, §12.2).
 
@@ -218,7 +219,7 @@ def id_token_claims(
         "iss": issuer,
         "sub": user.user_id,
         "aud": client.client_id,
-        "exp": now + ID_TOKEN_TTL,
+        "exp": now + ttl,
         "iat": now,
         "auth_time": grant.auth_time,
         # §2: azp, the party the ID token was issued to; the sole audience here.

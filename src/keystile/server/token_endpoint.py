@@ -280,6 +280,7 @@ class TokenEndpoint(ClientAuthentication, SenderBinding):
             alg=signer.alg,
             access_token=access_token,
             nonce=nonce,
+            ttl=self.settings.id_token_ttl,
         )
         return sign_jwt(claims, signer, typ=ID_TOKEN_TYP)
 
