@@ -73,6 +73,12 @@ _HEAR_FENCES_ONLY = (
     "from keystile.store.postgres import answers\n"
     "answers.ANSWERS_CHANNEL = 'keystile_answers_never_sent'\n"
 )
+# B acknowledges fences in answer_leases, but its acknowledgements' notifications go where
+# nobody listens (as if lost): a writer must fall back on reading answer_leases.
+_ACKS_UNHEARD = (
+    "from keystile.store.postgres import answers\n"
+    "answers.ACK_CHANNEL = 'keystile_fence_ack_never_heard'\n"
+)
 # A writer (the CLI, or an AS revoking) commits and answers without the fence.
 _SKIP_FENCE = (
     "from keystile.store.postgres.answers import AnswersMixin\n"
@@ -459,6 +465,32 @@ class TestFence:
             os.kill(b.proc.pid, signal.SIGCONT)
         assert waited < 2.5, waited
         assert b.introspect(demo.rs, token).json() == {"active": False}
+
+    def test_a_revocation_whose_acknowledgement_notification_is_lost_still_answers(
+        self, pg_url: str, start_server: ServerStarter
+    ) -> None:
+        """B acknowledges A's fences in answer_leases but its notifications of that are
+        never heard: A's revocations answer anyway, each well within B's 10 s lease (the
+        writer's fallback poll reads answer_leases), and B answers inactive at once."""
+        env = clean_env(KEYSTILE_ANSWER_LEASE=str(LEASE))
+        a = start_server("--demo", "--db", pg_url, db_flag=False, env=env)
+        b = start_server(
+            "--no-demo",
+            "--db",
+            pg_url,
+            db_flag=False,
+            env=env,
+            command=keystile_command(_ACKS_UNHEARD),
+        )
+        demo = parse_demo(a.stdout)
+        for _ in range(5):
+            token = a.issue(demo.app)
+            warm(b, demo.rs, token)
+            started = time.monotonic()
+            assert a.revoke(demo.app, token).status_code == 200
+            waited = time.monotonic() - started
+            assert waited < 2.0, waited
+            assert b.introspect(demo.rs, token).json() == {"active": False}
 
     def test_lease_zero_reads_the_database_every_time(
         self, pg_url: str, start_server: ServerStarter
