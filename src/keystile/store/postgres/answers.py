@@ -61,6 +61,17 @@ _PENDING_SQL = (
     "SELECT count(*) FROM answer_leases"
     " WHERE expires_at > clock_timestamp() AND fence < $1 AND instance_id <> $2"
 )
+# The fence's start, in one round trip: a number, the leases behind it, and (if any) the
+# NOTIFY, sent when this statement commits. The CTE calling nextval() is volatile, so
+# PostgreSQL evaluates it once.
+_FENCE_SQL = (
+    "WITH f AS (SELECT nextval('answer_fence') AS number),"
+    " pending AS (SELECT count(*) AS n FROM answer_leases, f"
+    " WHERE expires_at > clock_timestamp() AND fence < f.number AND instance_id <> $1)"
+    " SELECT f.number, pending.n,"
+    " CASE WHEN pending.n > 0 THEN pg_notify($2::text, $3::text || ':' || f.number) END"
+    " FROM f, pending"
+)
 _RENEW_SQL = (
     "INSERT INTO answer_leases (instance_id, expires_at, fence)"
     " VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)"
@@ -92,7 +103,7 @@ class AnswersMixin(PostgresBase):
         self._fence_seen = 0
         self._fence_acked = 0  # the highest fence this process acknowledged out loud
         self._hearing_acks = False  # the lease connection LISTENs on ACK_CHANNEL now
-        self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._ack_waiters: dict[asyncio.Future[None], int] = {}  # waiter -> fence number
 
     # -- the reading side ------------------------------------------------------------------
 
@@ -244,21 +255,22 @@ class AnswersMixin(PostgresBase):
         lease connection is lost); None while this process hears no acknowledgements."""
         if not self._hearing_acks:
             return None
-        waiter = asyncio.get_running_loop().create_future()
-        self._ack_waiters.append((number, waiter))
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ack_waiters[waiter] = number
         return waiter
 
     def _wake_fences(self, acked: int | None) -> None:
         """Wake the fences an acknowledgement of ``acked`` may have completed (None: all)."""
-        waiting = []
-        for number, waiter in self._ack_waiters:
-            if waiter.done():
-                continue
+        for waiter, number in list(self._ack_waiters.items()):
             if acked is None or number <= acked:
-                waiter.set_result(None)
-            else:
-                waiting.append((number, waiter))
-        self._ack_waiters = waiting
+                del self._ack_waiters[waiter]
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _forget_waiter(self, waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None:
+            waiter.cancel()
+            self._ack_waiters.pop(waiter, None)
 
     async def _fence(self) -> None:
         """After a COMMIT that changed answers: return once every other process holding an
@@ -267,14 +279,16 @@ class AnswersMixin(PostgresBase):
         schema = self.schema
         waiter: asyncio.Future[None] | None = None
         try:
+            # Listen before the fence is sent, so no acknowledgement can come too soon; its
+            # number is not known yet, so any acknowledgement wakes it meanwhile.
+            waiter = self._ack_waiter(0)
             async with self._acquire() as conn:
-                number = int(await conn.fetchval("SELECT nextval('answer_fence')"))
-                pending = await conn.fetchval(_PENDING_SQL, number, self.instance_id)
-                if not pending:
-                    return
-                # Listen before the fence is sent, so no acknowledgement can come too soon.
-                waiter = self._ack_waiter(number)
-                await conn.execute("SELECT pg_notify($1, $2)", FENCE_CHANNEL, f"{schema}:{number}")
+                row = await conn.fetchrow(_FENCE_SQL, self.instance_id, FENCE_CHANNEL, schema)
+            number, pending = int(row[0]), row[1]
+            if not pending:
+                return
+            if waiter is not None and waiter in self._ack_waiters:
+                self._ack_waiters[waiter] = number
             # Bounded: leases not acknowledged run out within their ttl (at most a lease ttl
             # as configured anywhere; the cap only guards against a misconfigured clock).
             deadline = time.monotonic() + 60.0
@@ -305,9 +319,3 @@ class AnswersMixin(PostgresBase):
             raise _unavailable(exc) from exc
         finally:
             self._forget_waiter(waiter)
-
-    def _forget_waiter(self, waiter: asyncio.Future[None] | None) -> None:
-        if waiter is None:
-            return
-        waiter.cancel()
-        self._ack_waiters = [(n, w) for n, w in self._ack_waiters if w is not waiter]
