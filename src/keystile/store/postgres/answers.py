@@ -152,10 +152,11 @@ class AnswersMixin(PostgresBase):
 
         def on_notify(conn: Any, pid: int, channel: str, payload: str) -> None:
             if channel == ACK_CHANNEL:  # another process acknowledged a fence: no change
-                # "schema:fence:instance" (the instance is for people reading the traffic)
-                head, _, _instance = payload.rpartition(":")
+                # "schema:fence:instance"; this process's own acknowledgements never
+                # complete its fences (they wait only for the others)
+                head, _, instance = payload.rpartition(":")
                 acked_schema, _, number = head.rpartition(":")
-                if acked_schema == schema and number.isdigit():
+                if acked_schema == schema and instance != self.instance_id and number.isdigit():
                     self._wake_fences(int(number))
                 return
             number = ""
