@@ -32,9 +32,10 @@ What keeps remembered answers right, whichever process changes what:
    the process answers from memory again. The fence therefore waits at most ``ttl``.
 
 A revocation that answered 200 is thus seen by the next introspection in every process, as
-on SQLite with ``data_version``. The price is on writes: one or two round trips after the
-commit (about a millisecond with every process alive, at most ``ttl`` while a dead process's
-lease runs out).
+on SQLite with ``data_version``. The price is on writes: after the commit, the statement
+sending the fence, the other processes' acknowledgements and one more read of
+``answer_leases`` (a millisecond or two with every process alive, at most ``ttl`` while a
+dead process's lease runs out).
 """
 
 from __future__ import annotations
