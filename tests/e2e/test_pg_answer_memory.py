@@ -466,6 +466,33 @@ class TestFence:
         assert waited < 2.5, waited
         assert b.introspect(demo.rs, token).json() == {"active": False}
 
+    def test_concurrent_revocations_each_wait_for_their_own_fence(self, pair: Pair) -> None:
+        """Eight revocations sent to A at once (eight fences in flight in one process, woken
+        by the acknowledgements of their own numbers or later) all answer, well within B's
+        lease, and B answers every token inactive."""
+        a, b, demo = pair.a, pair.b, pair.demo
+        tokens = [a.issue(demo.app) for _ in range(8)]
+        for token in tokens:
+            warm(b, demo.rs, token)
+        waited: list[float] = []
+
+        def revoke(token: str) -> None:
+            started = time.monotonic()
+            with httpx.Client(base_url=a.url, trust_env=False, timeout=30) as http:
+                r = http.post("/oauth2/revoke", data={"token": token}, auth=demo.app.auth)
+            assert r.status_code == 200
+            waited.append(time.monotonic() - started)
+
+        workers = [threading.Thread(target=revoke, args=(token,)) for token in tokens]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(15)
+        assert len(waited) == len(tokens), "a revocation never answered"
+        assert max(waited) < 2.0, waited
+        for token in tokens:
+            assert b.introspect(demo.rs, token).json() == {"active": False}
+
     def test_a_revocation_whose_acknowledgement_notification_is_lost_still_answers(
         self, pg_url: str, start_server: ServerStarter
     ) -> None:
