@@ -1,4 +1,4 @@
-"""What the answer-lease fence costs a revocation on PostgreSQL (decision 0006), side by side.
+"""What the answer-lease fence costs a revocation on PostgreSQL (decision 0007), side by side.
 
 Two variants, each two real `keystile serve` processes (A and B) on a PostgreSQL schema of
 their own: `--answer-lease 2` (the default: B answers repeated introspections from memory,
@@ -13,6 +13,10 @@ fast answers B gave, and any stale answer (there must be none), then the ratios.
 Usage: .venv/bin/python bench/pg_fence.py [--rounds 3] [--n 200]
 Env: PG_DSN (postgresql://root@127.0.0.1:5432/test): a schema keystile_fence_<pid>_<i> is
 created there per variant and dropped at the end. Loopback only; stops what it started.
+BASELINE_KEYSTILE: another build's `keystile` script (say, a worktree of main with its own
+.venv): adds a third variant, `baseline-lease-2s`, run by that script in the same rounds, so
+a change to the fence is compared with the code before it on the same machine at the same
+time.
 """
 
 from __future__ import annotations
@@ -40,14 +44,16 @@ RESOURCE = "https://api.bench.test"
 LISTENING = re.compile(r"keystile listening on (http://127\.0\.0\.1:\d+)")
 
 
-def sh(*args: str, env: dict[str, str]) -> dict[str, str]:
-    done = subprocess.run([KEYSTILE, *args], capture_output=True, text=True, env=env, check=True)
+def sh(*args: str, env: dict[str, str], keystile: str = KEYSTILE) -> dict[str, str]:
+    done = subprocess.run([keystile, *args], capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
 
 
 class Variant:
-    def __init__(self, name: str, lease: str, schema: str, work: Path) -> None:
-        self.name, self.lease, self.schema = name, lease, schema
+    def __init__(
+        self, name: str, lease: str, schema: str, work: Path, keystile: str = KEYSTILE
+    ) -> None:
+        self.name, self.lease, self.schema, self.keystile = name, lease, schema, keystile
         sep = "&" if "?" in PG_DSN else "?"
         self.db = f"{PG_DSN}{sep}search_path={schema}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSTILE_")}
@@ -58,18 +64,19 @@ class Variant:
         self.stale = 0
 
     def setup(self) -> None:
-        sh("db", "upgrade", "--db", self.db, env=self.env)
+        sh("db", "upgrade", "--db", self.db, env=self.env, keystile=self.keystile)
         rs = sh("client", "create", "rs", "--grant-type", "none", "--json", "--db", self.db,
-                env=self.env)  # fmt: skip
-        sh("resource", "create", RESOURCE, "--client", "rs", "--db", self.db, env=self.env)
+                env=self.env, keystile=self.keystile)  # fmt: skip
+        sh("resource", "create", RESOURCE, "--client", "rs", "--db", self.db, env=self.env,
+           keystile=self.keystile)  # fmt: skip
         app = sh("client", "create", "app", "--scope", "read", "--audience", RESOURCE,
-                 "--json", "--db", self.db, env=self.env)  # fmt: skip
+                 "--json", "--db", self.db, env=self.env, keystile=self.keystile)  # fmt: skip
         self.rs = httpx.BasicAuth("rs", rs["client_secret"])
         self.app = httpx.BasicAuth("app", app["client_secret"])
         for i in range(2):
             log = open(self.work / f"{self.name}-{i}.log", "wb")  # noqa: SIM115
             proc = subprocess.Popen(
-                [KEYSTILE, "serve", "--no-demo", "--port", "0", "--db", self.db,
+                [self.keystile, "serve", "--no-demo", "--port", "0", "--db", self.db,
                  "--log-level", "warning", "--answer-lease", self.lease],
                 stdout=subprocess.PIPE, stderr=log, env=self.env, start_new_session=True,
             )  # fmt: skip
@@ -135,6 +142,10 @@ def main() -> None:
         Variant("lease-2s", "2", f"keystile_fence_{os.getpid()}_0", work),
         Variant("lease-0", "0", f"keystile_fence_{os.getpid()}_1", work),
     ]
+    baseline = os.environ.get("BASELINE_KEYSTILE")
+    if baseline:
+        schema = f"keystile_fence_{os.getpid()}_2"
+        variants.append(Variant("baseline-lease-2s", "2", schema, work, keystile=baseline))
     for v in variants:
         asyncio.run(pg(f"CREATE SCHEMA {v.schema}"))
     try:
@@ -152,10 +163,17 @@ def main() -> None:
             print(f"| {v.name} | {len(v.revoke_ms)} | {statistics.median(v.revoke_ms):.2f} | "
                   f"{p99(v.revoke_ms):.2f} | {v.fast_answers(v.b) - before:.0f} | "
                   f"{v.stale} |")  # fmt: skip
-        lease, base = variants
-        print(f"\nmedian ratio (lease / no lease): "
-              f"{statistics.median(lease.revoke_ms) / statistics.median(base.revoke_ms):.2f}; "
-              f"p99 ratio: {p99(lease.revoke_ms) / p99(base.revoke_ms):.2f}")  # fmt: skip
+        base = variants[1]
+        print()
+        for v in variants[:1] + variants[2:]:
+            print(f"{v.name} / {base.name}: median ratio "
+                  f"{statistics.median(v.revoke_ms) / statistics.median(base.revoke_ms):.2f}, "
+                  f"p99 ratio {p99(v.revoke_ms) / p99(base.revoke_ms):.2f}")  # fmt: skip
+        if baseline:
+            lease, old = variants[0], variants[2]
+            print(f"{lease.name} / {old.name}: median ratio "
+                  f"{statistics.median(lease.revoke_ms) / statistics.median(old.revoke_ms):.2f}, "
+                  f"p99 ratio {p99(lease.revoke_ms) / p99(old.revoke_ms):.2f}")  # fmt: skip
     finally:
         for v in variants:
             v.stop()

@@ -73,6 +73,12 @@ _HEAR_FENCES_ONLY = (
     "from keystile.store.postgres import answers\n"
     "answers.ANSWERS_CHANNEL = 'keystile_answers_never_sent'\n"
 )
+# B acknowledges fences in answer_leases, but its acknowledgements' notifications go where
+# nobody listens (as if lost): a writer must fall back on reading answer_leases.
+_ACKS_UNHEARD = (
+    "from keystile.store.postgres import answers\n"
+    "answers.ACK_CHANNEL = 'keystile_fence_ack_never_heard'\n"
+)
 # A writer (the CLI, or an AS revoking) commits and answers without the fence.
 _SKIP_FENCE = (
     "from keystile.store.postgres.answers import AnswersMixin\n"
@@ -459,6 +465,59 @@ class TestFence:
             os.kill(b.proc.pid, signal.SIGCONT)
         assert waited < 2.5, waited
         assert b.introspect(demo.rs, token).json() == {"active": False}
+
+    def test_concurrent_revocations_each_wait_for_their_own_fence(self, pair: Pair) -> None:
+        """Eight revocations sent to A at once (eight fences in flight in one process, woken
+        by the acknowledgements of their own numbers or later) all answer, well within B's
+        lease, and B answers every token inactive."""
+        a, b, demo = pair.a, pair.b, pair.demo
+        tokens = [a.issue(demo.app) for _ in range(8)]
+        for token in tokens:
+            warm(b, demo.rs, token)
+        waited: list[float] = []
+
+        def revoke(token: str) -> None:
+            started = time.monotonic()
+            with httpx.Client(base_url=a.url, trust_env=False, timeout=30) as http:
+                r = http.post("/oauth2/revoke", data={"token": token}, auth=demo.app.auth)
+            assert r.status_code == 200
+            waited.append(time.monotonic() - started)
+
+        workers = [threading.Thread(target=revoke, args=(token,)) for token in tokens]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(15)
+        assert len(waited) == len(tokens), "a revocation never answered"
+        assert max(waited) < 2.0, waited
+        for token in tokens:
+            assert b.introspect(demo.rs, token).json() == {"active": False}
+
+    def test_a_revocation_whose_acknowledgement_notification_is_lost_still_answers(
+        self, pg_url: str, start_server: ServerStarter
+    ) -> None:
+        """B acknowledges A's fences in answer_leases but its notifications of that are
+        never heard: A's revocations answer anyway, each well within B's 10 s lease (the
+        writer's fallback poll reads answer_leases), and B answers inactive at once."""
+        env = clean_env(KEYSTILE_ANSWER_LEASE=str(LEASE))
+        a = start_server("--demo", "--db", pg_url, db_flag=False, env=env)
+        b = start_server(
+            "--no-demo",
+            "--db",
+            pg_url,
+            db_flag=False,
+            env=env,
+            command=keystile_command(_ACKS_UNHEARD),
+        )
+        demo = parse_demo(a.stdout)
+        for _ in range(5):
+            token = a.issue(demo.app)
+            warm(b, demo.rs, token)
+            started = time.monotonic()
+            assert a.revoke(demo.app, token).status_code == 200
+            waited = time.monotonic() - started
+            assert waited < 2.0, waited
+            assert b.introspect(demo.rs, token).json() == {"active": False}
 
     def test_lease_zero_reads_the_database_every_time(
         self, pg_url: str, start_server: ServerStarter
