@@ -10,6 +10,7 @@ thread (``asyncio.to_thread``) and never on the event loop.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 from argon2 import PasswordHasher
@@ -21,9 +22,14 @@ _HASHER = PasswordHasher()
 MIN_LENGTH = 8
 MAX_LENGTH = 1024  # long enough for any passphrase, short enough to bound the work
 
-# A hash of a random password, verified against when the username is unknown, so the
-# time a failed login takes does not tell whether the account exists.
-_DUMMY_HASH = _HASHER.hash("keystile-dummy-password-never-matches")
+
+@functools.cache
+def dummy_hash() -> str:
+    """A hash of a password nobody has, verified against when the username is unknown, so
+    the time a failed login takes does not tell whether the account exists. Made on first
+    use, not at import (it costs ~0.1 s of CPU, which every CLI command paid); the server
+    makes it in the background as it starts (``server/app.py``)."""
+    return _HASHER.hash("keystile-dummy-password-never-matches")
 
 
 class PasswordPolicyError(ValueError):
@@ -56,7 +62,7 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     if len(password) > MAX_LENGTH:
         return False
     try:
-        matched = _HASHER.verify(password_hash or _DUMMY_HASH, normalize(password))
+        matched = _HASHER.verify(password_hash or dummy_hash(), normalize(password))
         return matched and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False

@@ -31,6 +31,7 @@ from keystile.core.metadata import (
     server_metadata,
 )
 from keystile.core.oidc import CLAIMS_SUPPORTED
+from keystile.core.passwords import dummy_hash
 from keystile.errors import ConfigurationError, KeystileError
 from keystile.events.bus import EventBus
 from keystile.server.admin_api import AdminApi
@@ -358,6 +359,9 @@ def create_app(
         except KeystileError as exc:
             log.warning("signing keys not loaded; retrying on first use", extra={"error": str(exc)})
         gc.freeze()
+        # The dummy password hash unknown usernames are checked against, made now in a thread
+        # so the first failed sign-in takes as long as any other (core/passwords.py).
+        warm = asyncio.get_running_loop().run_in_executor(None, dummy_hash)
         await stats.start()
         purge: asyncio.Task[None] | None = None
         if settings.purge_interval > 0:
@@ -369,6 +373,7 @@ def create_app(
                 purge.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purge
+            await warm
             await stats.stop()
             await bus.stop()
             multiprocess_metrics.process_ended()  # --workers: leave the in-flight sum
