@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import service_unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def planned(target: str, venv: Path) -> str:
     make = shutil.which("make")
     if make is None:
-        pytest.skip("make is not installed")
+        service_unavailable("make is not installed")
     done = subprocess.run(
         [make, "-n", "--no-print-directory", "-C", str(ROOT), target, f"VENV={venv}"],
         capture_output=True,

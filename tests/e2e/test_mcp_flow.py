@@ -22,6 +22,10 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx
 import pytest
+from mcp import ClientSession
+from mcp.client.auth import OAuthClientProvider, TokenStorage
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
 from tests.conftest import Creds
 from tests.e2e.conftest import (
@@ -38,13 +42,6 @@ from tests.e2e.doc_blocks import EXAMPLES, doc_block
 from tests.server.document_server import DocumentServer, make_pki
 
 pytestmark = pytest.mark.process
-
-mcp = pytest.importorskip("mcp", reason="needs the mcp extra")
-
-from mcp import ClientSession  # noqa: E402
-from mcp.client.auth import OAuthClientProvider, TokenStorage  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken  # noqa: E402
 
 REDIRECT = "http://127.0.0.1:8765/callback"  # never listened on: the handler reads Location
 PASSWORD = "wonderland-42"

@@ -13,20 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.fastmcp import FastMCP
 
 from keystile.errors import IntrospectionUnavailable
 from keystile.resource import TokenValidator
+from keystile.resource.mcp import KeystileTokenVerifier
 from tests.e2e.conftest import DEMO_AUDIENCE, DemoServer, ServerStarter, free_port, parse_demo
 from tests.e2e.sdk_support import introspections_on_as
 
 pytestmark = pytest.mark.process
-
-pytest.importorskip("mcp", reason="needs the mcp extra")
-
-from mcp.server.auth.settings import AuthSettings  # noqa: E402
-from mcp.server.fastmcp import FastMCP  # noqa: E402
-
-from keystile.resource.mcp import KeystileTokenVerifier  # noqa: E402
 
 ORIGIN = "http://127.0.0.1:8001"  # only in-process requests: nothing listens there
 MCP_URL = ORIGIN + "/mcp"
