@@ -707,32 +707,42 @@ class TestSigningKeys:
         assert await store.find_token(late.token_hash) == late
 
 
-class TestClientAssertions:
-    async def test_each_jti_is_accepted_once_per_client(self, store: Store) -> None:
-        """A jti is recorded once; the same jti again is a replay, for another client it is not."""
-        assert await store.record_assertion_jti("app-1", "j1", NOW + 60) is True
-        assert await store.record_assertion_jti("app-1", "j1", NOW + 60) is False
-        assert await store.record_assertion_jti("app-2", "j1", NOW + 60) is True
+# Replay caches: a jti accepted once per client (RFC 7523 §3) or per DPoP key (RFC 9449
+# §11.1), on every backend and across processes.
+ONCE = pytest.mark.parametrize("record", ["record_assertion_jti", "record_dpop_jti"])
+
+
+@ONCE
+class TestReplayCaches:
+    async def test_each_jti_is_accepted_once_per_scope(self, store: Store, record: str) -> None:
+        """A jti is recorded once; the same jti again is a replay, for another client (or
+        key) it is not."""
+        once = getattr(store, record)
+        assert await once("app-1", "j1", NOW + 60) is True
+        assert await once("app-1", "j1", NOW + 60) is False
+        assert await once("app-2", "j1", NOW + 60) is True
 
     async def test_concurrent_replays_admit_exactly_one(
-        self, store: Store, connect: Connect
+        self, store: Store, connect: Connect, record: str
     ) -> None:
-        """Of many processes presenting the same jti at once, exactly one wins (RFC 7523 §3)."""
+        """Of many processes presenting the same jti at once, exactly one wins."""
         other = await connect()
         results = await asyncio.gather(
-            *(s.record_assertion_jti("app-1", "same", NOW + 60) for s in (store, other) * 5)
+            *(getattr(s, record)("app-1", "same", NOW + 60) for s in (store, other) * 5)
         )
         assert sorted(results) == [False] * 9 + [True]
 
-    async def test_purge_forgets_expired_jtis(self, store: Store) -> None:
-        """The purge deletes jtis whose assertions expired; live ones keep refusing replays."""
-        await store.record_assertion_jti("app-1", "old", NOW - 1)
-        await store.record_assertion_jti("app-1", "live", NOW + 60)
+    async def test_purge_forgets_expired_jtis(self, store: Store, record: str) -> None:
+        """The purge deletes jtis whose assertions or proofs expired; live ones keep refusing
+        replays."""
+        once = getattr(store, record)
+        await once("app-1", "old", NOW - 1)
+        await once("app-1", "live", NOW + 60)
 
         await store.purge(NOW, token_grace=0, event_retention=60)
 
-        assert await store.record_assertion_jti("app-1", "old", NOW + 60) is True
-        assert await store.record_assertion_jti("app-1", "live", NOW + 60) is False
+        assert await once("app-1", "old", NOW + 60) is True
+        assert await once("app-1", "live", NOW + 60) is False
 
 
 # -- users, sessions, consent, authorization codes, refresh tokens (issue 3) -------------------

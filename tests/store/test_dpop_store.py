@@ -1,9 +1,8 @@
 """Sender-constrained tokens in the store (issue 12), on every backend: the cnf a token is
-bound to, a client's require_dpop, and DPoP proof jtis accepted once across processes."""
+bound to and a client's require_dpop (DPoP proof jtis: test_contract.TestReplayCaches)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from keystile.store.base import Store
@@ -40,31 +39,3 @@ class TestBoundTokens:
         again = await store.get_client("app-1")
         assert again is not None
         assert again.require_dpop is False
-
-
-class TestDpopJtis:
-    async def test_once_per_key(self, store: Store) -> None:
-        """A proof jti is recorded once per key (RFC 9449 §11.1)."""
-        assert await store.record_dpop_jti("k1", "j1", NOW + 65) is True
-        assert await store.record_dpop_jti("k1", "j1", NOW + 65) is False
-        assert await store.record_dpop_jti("k2", "j1", NOW + 65) is True
-
-    async def test_concurrent_replays_admit_exactly_one(
-        self, store: Store, connect: Connect
-    ) -> None:
-        """Of many processes presenting one proof at once, exactly one wins."""
-        other = await connect()
-        results = await asyncio.gather(
-            *(s.record_dpop_jti("k1", "same", NOW + 65) for s in (store, other) * 5)
-        )
-        assert sorted(results) == [False] * 9 + [True]
-
-    async def test_purge_forgets_expired(self, store: Store) -> None:
-        """The purge drops jtis past their window; live ones keep refusing replays."""
-        await store.record_dpop_jti("k1", "old", NOW - 1)
-        await store.record_dpop_jti("k1", "live", NOW + 65)
-
-        await store.purge(NOW, token_grace=0, event_retention=60)
-
-        assert await store.record_dpop_jti("k1", "old", NOW + 65) is True
-        assert await store.record_dpop_jti("k1", "live", NOW + 65) is False

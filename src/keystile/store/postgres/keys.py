@@ -11,6 +11,15 @@ from keystile.store.postgres.cascade import _mark_used
 from keystile.store.postgres.connection import PostgresBase, _rowcount
 from keystile.store.rows import KEY_COLUMNS, TOKEN_COLUMNS, key_from_row, placeholders, token_params
 
+# Replay caches: a jti is accepted once per client (RFC 7523 §3) or per DPoP key (RFC 9449
+# §11.1); a row lives until the assertion or proof could no longer be accepted anyway.
+_ONCE_SQL = {
+    "assertion": "INSERT INTO client_assertion_jtis (client_id, jti, expires_at)"
+    " VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
+    "dpop": "INSERT INTO dpop_jtis (jkt, jti, expires_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (jkt, jti) DO NOTHING",
+}
+
 
 class KeysMixin(PostgresBase):
     async def list_signing_keys(self) -> list[SigningKey]:
@@ -102,23 +111,13 @@ class KeysMixin(PostgresBase):
         await self._tx(fn)
 
     async def record_assertion_jti(self, client_id: str, jti: str, expires_at: int) -> bool:
-        async with self._acquire() as conn:
-            status = await conn.execute(
-                "INSERT INTO client_assertion_jtis (client_id, jti, expires_at)"
-                " VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
-                client_id,
-                jti,
-                expires_at,
-            )
-        return _rowcount(status) == 1
+        return await self._record_once(_ONCE_SQL["assertion"], client_id, jti, expires_at)
 
     async def record_dpop_jti(self, jkt: str, jti: str, expires_at: int) -> bool:
+        return await self._record_once(_ONCE_SQL["dpop"], jkt, jti, expires_at)
+
+    async def _record_once(self, sql: str, scope: str, jti: str, expires_at: int) -> bool:
+        """True the first time ``jti`` is seen for ``scope`` (a replay cache row)."""
         async with self._acquire() as conn:
-            status = await conn.execute(
-                "INSERT INTO dpop_jtis (jkt, jti, expires_at)"
-                " VALUES ($1, $2, $3) ON CONFLICT (jkt, jti) DO NOTHING",
-                jkt,
-                jti,
-                expires_at,
-            )
+            status = await conn.execute(sql, scope, jti, expires_at)
         return _rowcount(status) == 1

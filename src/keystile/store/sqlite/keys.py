@@ -11,6 +11,15 @@ from keystile.store.rows import KEY_COLUMNS, TOKEN_COLUMNS, key_from_row, placeh
 from keystile.store.sqlite.cascade import _mark_used
 from keystile.store.sqlite.connection import SQLiteBase
 
+# Replay caches: a jti is accepted once per client (RFC 7523 §3) or per DPoP key (RFC 9449
+# §11.1); a row lives until the assertion or proof could no longer be accepted anyway.
+_ONCE_SQL = {
+    "assertion": "INSERT INTO client_assertion_jtis (client_id, jti, expires_at)"
+    " VALUES (?, ?, ?) ON CONFLICT (client_id, jti) DO NOTHING",
+    "dpop": "INSERT INTO dpop_jtis (jkt, jti, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (jkt, jti) DO NOTHING",
+}
+
 
 class KeysMixin(SQLiteBase):
     async def list_signing_keys(self) -> list[SigningKey]:
@@ -93,23 +102,15 @@ class KeysMixin(SQLiteBase):
         await self._write(fn)
 
     async def record_assertion_jti(self, client_id: str, jti: str, expires_at: int) -> bool:
-        def fn(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT INTO client_assertion_jtis (client_id, jti, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (client_id, jti) DO NOTHING",
-                (client_id, jti, expires_at),
-            )
-            return cur.rowcount == 1
-
-        return await self._write(fn)
+        return await self._record_once(_ONCE_SQL["assertion"], client_id, jti, expires_at)
 
     async def record_dpop_jti(self, jkt: str, jti: str, expires_at: int) -> bool:
+        return await self._record_once(_ONCE_SQL["dpop"], jkt, jti, expires_at)
+
+    async def _record_once(self, sql: str, scope: str, jti: str, expires_at: int) -> bool:
+        """True the first time ``jti`` is seen for ``scope`` (a replay cache row)."""
+
         def fn(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT INTO dpop_jtis (jkt, jti, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (jkt, jti) DO NOTHING",
-                (jkt, jti, expires_at),
-            )
-            return cur.rowcount == 1
+            return c.execute(sql, (scope, jti, expires_at)).rowcount == 1
 
         return await self._write(fn)
