@@ -190,7 +190,7 @@ class ConsoleBase(PageCookies):
         )
         response = self._redirect(f"{AUTHORIZATION_PATH}?{query}")
         self._set_cookie(response, request, FLOW_COOKIE, f"{state}.{verifier}", FLOW_TTL)
-        self._set_cookie(response, request, SESSION_COOKIE, "", 0)
+        self._clear_cookie(response, request, SESSION_COOKIE)
         return response
 
     async def callback_page(self, request: Request) -> Response:
@@ -225,7 +225,7 @@ class ConsoleBase(PageCookies):
         response = self._redirect(CONSOLE)
         max_age = int(body.get("expires_in", CONSOLE_TOKEN_TTL))
         self._set_cookie(response, request, SESSION_COOKIE, token, max_age)
-        self._set_cookie(response, request, FLOW_COOKIE, "", 0)
+        self._clear_cookie(response, request, FLOW_COOKIE)
         return response
 
     async def _redeem(self, request: Request, code: str, verifier: str) -> tuple[int, Any]:
@@ -285,7 +285,7 @@ class ConsoleBase(PageCookies):
         # Revoke the console's token: a copy of the cookie is of no use afterwards.
         await self.store.revoke_token(token_hash(token), CONSOLE_CLIENT_ID, self.clock.now())
         response = self._message("Signed out", "You left the admin console.", link=True)
-        self._set_cookie(response, request, SESSION_COOKIE, "", 0)
+        self._clear_cookie(response, request, SESSION_COOKIE)
         return response
 
     async def _audit(

@@ -127,13 +127,7 @@ class EndSessionPages(AuthorizationPages):
             },
         )
         response = self._after(request, logout)
-        response.delete_cookie(
-            self._name(request, SESSION_COOKIE),
-            path="/",
-            secure=self._secure(request),
-            httponly=True,
-            samesite="lax",
-        )
+        self._clear_cookie(response, request, SESSION_COOKIE)
         return response
 
     def _after(self, request: Request, logout: LogoutRequest) -> Response:

@@ -290,13 +290,7 @@ class LoginPages(UiBase):
                     extra={"user_id": found[1].user_id, "source": _source(request)},
                 )
         response = self._message(request, "Signed out", "You are signed out.")
-        response.delete_cookie(
-            self._name(request, SESSION_COOKIE),
-            path="/",
-            secure=self._secure(request),
-            httponly=True,
-            samesite="lax",
-        )
+        self._clear_cookie(response, request, SESSION_COOKIE)
         return response
 
     # -- authorization requests -------------------------------------------------------------

@@ -104,6 +104,10 @@ class PageCookies:
             samesite="lax",
         )
 
+    def _clear_cookie(self, response: Response, request: Request, name: str) -> None:
+        """Tell the browser to drop the cookie (same name, path and flags, Max-Age=0)."""
+        self._set_cookie(response, request, name, "", 0)
+
 
 class UiBase(PageCookies):
     """What the pages share: settings, store, templates, the sign-in throttle, sessions,
